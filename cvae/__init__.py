@@ -1,0 +1,1 @@
+"""SVG-style conditional VAE for action-conditioned video prediction (BAIR robot pushing)."""

@@ -1,0 +1,178 @@
+"""Typed configuration of one CVAE training run, with the presets the project ships.
+
+One flat dataclass so that a Ray Tune config dict (flat by nature) maps onto it field by
+field; the comments group the fields by the code they configure.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Optional
+
+KL_ANNEAL_MODES = ("monotonic", "cyclical", "cyclical-sigmoid", "none")
+
+
+@dataclass
+class Config:
+    # data
+    data: Optional[str] = None  # dataset root in the BAIR layout; None = embedded synthetic data
+    normalize_conditions: bool = True  # standardize actions/positions with train-split statistics
+    n_past: int = 2  # conditioning frames
+    n_future: int = 10  # predicted frames during training (lab: 10)
+    eval_n_future: int = 10  # predicted frames during validation (lab demo protocol: 2 -> 10)
+    val_sequences: int = 64  # validation sequences scored per epoch (0 = whole split)
+    # model (SVG, Denton & Fergus 2018)
+    width: float = 1.0  # channel multiplier of the VGG64 encoder/decoder (1.0 = 64-128-256-512)
+    g_dim: int = 128  # frame encoding size
+    z_dim: int = 64  # latent size per step
+    rnn_size: int = 256  # hidden size of every LSTM
+    predictor_rnn_layers: int = 2  # frame predictor LSTM layers
+    posterior_rnn_layers: int = 1  # Gaussian LSTM layers of q(z_t | x_t) and p(z_t | x_{t-1})
+    prior_rnn_layers: int = 1
+    learned_prior: bool = False  # SVG-LP: p(z_t | x_{1:t-1}); False = SVG-FP: N(0, I)
+    last_frame_skip: bool = False  # skips from the last input frame instead of the last context frame
+    cond_dim: int = 7  # 4-dim action + 3-dim end-effector position
+    # optimization
+    lr: float = 0.002
+    beta1: float = 0.9  # Adam beta1
+    batch_size: int = 16
+    epoch_size: int = 600  # training batches per epoch
+    epochs: int = 300
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
+    # teacher forcing
+    tfr: float = 1.0  # initial teacher forcing ratio (per-sequence coin)
+    tfr_start_decay_epoch: int = 10  # epoch at which tfr starts to decay
+    tfr_decay_step: float = 0.0  # decay per epoch; 0 = linear to tfr_lower_bound by the last epoch
+    tfr_lower_bound: float = 0.0
+    # KL annealing (Fu et al. 2019)
+    kl_anneal: str = "cyclical"  # one of KL_ANNEAL_MODES
+    kl_anneal_cycle: int = 4  # cycles over the run (cyclical modes)
+    kl_anneal_ratio: float = 0.5  # fraction of a cycle (or of the run, monotonic) spent ramping
+    kl_anneal_unit: str = "epoch"  # "epoch" or "step": the time axis of the schedule
+    beta_min: float = 0.0  # beta at the start of a ramp
+    beta_max: float = 1.0  # beta after a ramp (and the constant beta of "none")
+    # run
+    seed: int = 1
+    device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
+    amp: str = "auto"  # bf16 autocast: "auto" (on for CUDA), "on", "off"
+    channels_last: str = "auto"  # "auto" (on for CPU), "on", "off"
+    threads: int = 0  # torch threads; 0 = leave torch's default
+    num_workers: int = 0  # DataLoader worker processes
+    gif_every: int = 0  # write a sample GIF every N epochs during `cvae train`; 0 = only at the end
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **overrides: Any) -> "Config":
+        return from_dict({**self.to_dict(), **overrides})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]
+
+
+def field_type(name: str) -> type:
+    """The Python type a field accepts (Optional[str] -> str)."""
+    default = Config.__dataclass_fields__[name].default
+    if name == "data":
+        return str
+    return type(default)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ValueError naming the field for any out-of-range value."""
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{key}={getattr(cfg, key)!r}: expected {what}")
+
+    need(cfg.kl_anneal in KL_ANNEAL_MODES, "kl_anneal", "one of " + ", ".join(KL_ANNEAL_MODES))
+    need(cfg.kl_anneal_unit in ("epoch", "step"), "kl_anneal_unit", "'epoch' or 'step'")
+    need(cfg.kl_anneal_cycle >= 1, "kl_anneal_cycle", "an integer >= 1")
+    need(0 < cfg.kl_anneal_ratio <= 1, "kl_anneal_ratio", "a number in (0, 1]")
+    need(cfg.lr > 0, "lr", "a positive number")
+    need(0 <= cfg.tfr <= 1, "tfr", "a number in [0, 1]")
+    need(0 <= cfg.tfr_lower_bound <= 1, "tfr_lower_bound", "a number in [0, 1]")
+    need(cfg.tfr_start_decay_epoch >= 0, "tfr_start_decay_epoch", "an integer >= 0")
+    need(cfg.tfr_decay_step >= 0, "tfr_decay_step", "a number >= 0")
+    need(cfg.n_past >= 1, "n_past", "an integer >= 1")
+    need(cfg.n_future >= 1, "n_future", "an integer >= 1")
+    need(cfg.eval_n_future >= 1, "eval_n_future", "an integer >= 1")
+    need(cfg.n_past + max(cfg.n_future, cfg.eval_n_future) <= 30, "n_future",
+         "n_past + n_future (and eval_n_future) <= 30 frames")
+    for key in ("batch_size", "epoch_size", "epochs", "g_dim", "z_dim", "rnn_size",
+                "predictor_rnn_layers", "posterior_rnn_layers", "prior_rnn_layers"):
+        need(getattr(cfg, key) >= 1, key, "an integer >= 1")
+    need(cfg.width > 0, "width", "a positive number")
+    need(cfg.beta_min >= 0 and cfg.beta_max >= 0, "beta_max", "non-negative betas")
+    need(cfg.amp in ("auto", "on", "off"), "amp", "'auto', 'on' or 'off'")
+    need(cfg.channels_last in ("auto", "on", "off"), "channels_last", "'auto', 'on' or 'off'")
+    need(cfg.val_sequences >= 0, "val_sequences", "an integer >= 0")
+
+
+def from_dict(values: dict[str, Any], base: Optional[Config] = None) -> Config:
+    """Typed config from a flat dict; unknown keys are an error naming the key."""
+    names = set(field_names())
+    unknown = sorted(set(values) - names)
+    if unknown:
+        import difflib
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        raise ValueError(f"unknown config key {unknown[0]!r}"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    merged = {**(base.to_dict() if base else {}), **values}
+    coerced = {k: coerce(k, v) for k, v in merged.items()}
+    return Config(**coerced)
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert a value (e.g. from YAML or the command line) to the field's type, or raise."""
+    if key == "data" and value is None:
+        return None
+    want = field_type(key)
+    if isinstance(value, str) and want is not str:
+        text = value.strip()
+        if want is bool:
+            if text.lower() in ("true", "1", "yes", "on"):
+                return True
+            if text.lower() in ("false", "0", "no", "off"):
+                return False
+        else:
+            try:
+                return want(float(text)) if want is int and float(text).is_integer() else want(text)
+            except ValueError:
+                pass
+        raise ValueError(f"{key}={value!r}: expected {want.__name__}")
+    if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if want is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+        raise ValueError(f"{key}={value!r}: expected {want.__name__}")
+    return value
+
+
+# Presets: the lab's full configuration, a CPU configuration that learns within minutes on two
+# cores, and a tiny one for tests.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lab": dict(width=1.0, g_dim=128, z_dim=64, rnn_size=256, predictor_rnn_layers=2,
+                posterior_rnn_layers=1, lr=0.002, batch_size=16, epoch_size=600, epochs=300,
+                n_past=2, n_future=10, tfr=1.0, tfr_start_decay_epoch=10, kl_anneal="cyclical",
+                kl_anneal_cycle=4, kl_anneal_ratio=0.5, val_sequences=256),
+    "cpu": dict(width=0.25, g_dim=64, z_dim=8, rnn_size=128, predictor_rnn_layers=2,
+                posterior_rnn_layers=1, lr=0.002, batch_size=16, epoch_size=40, epochs=12,
+                n_past=2, n_future=10, tfr=1.0, tfr_start_decay_epoch=4, tfr_lower_bound=0.0,
+                kl_anneal="cyclical", kl_anneal_cycle=2, kl_anneal_ratio=0.5,
+                beta_max=1e-3, val_sequences=64),
+    "tiny": dict(width=0.0625, g_dim=16, z_dim=4, rnn_size=32, predictor_rnn_layers=1,
+                 posterior_rnn_layers=1, lr=0.002, batch_size=4, epoch_size=4, epochs=2,
+                 n_past=2, n_future=4, eval_n_future=4, tfr=1.0, tfr_start_decay_epoch=1,
+                 kl_anneal="monotonic", beta_max=1e-3, val_sequences=8, threads=1),
+}
+
+
+def preset(name: str, **overrides: Any) -> Config:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: expected one of {', '.join(PRESETS)}")
+    return from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,346 @@
+"""BAIR robot pushing data in the lab's on-disk layout, the decoded cache and `cvae check-data`.
+
+Layout (real BAIR and the embedded synthetic data alike)::
+
+    <root>/<split>/<traj_dir>/<k>/{0..29}.png, actions.csv, endeffector_positions.csv
+
+Each split is decoded once into a uint8 array (N, 30, 64, 64, 3) plus float32 conditions
+(N, 30, 7), saved as .npy beside the data in the user cache (`$CVAE_CACHE`) and
+memory-mapped afterwards, so training never decodes PNGs in the steady state.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+SPLITS = ("train", "validate", "test")
+N_FRAMES = 30  # frames per BAIR sequence
+IMAGE_SIZE = 64
+ACTION_DIM = 4  # dx, dy, lift, gripper
+POSITION_DIM = 3  # end-effector x, y, z
+COND_DIM = ACTION_DIM + POSITION_DIM
+CACHE_VERSION = 1
+
+
+class DataError(ValueError):
+    """Bad or missing data; the message is one line naming the file and the problem."""
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
+
+
+def sequence_dirs(root: Path, split: str) -> list[Path]:
+    """Every sequence directory of a split in a deterministic (natural) order.
+
+    Sequence directories are found by enumeration, never by assuming the range of `k`.
+    """
+    split_dir = Path(root) / split
+    if not split_dir.is_dir():
+        return []
+    found = []
+    for traj in sorted((p for p in split_dir.iterdir() if p.is_dir()), key=_natural_key):
+        found.extend(sorted((p for p in traj.iterdir() if p.is_dir()), key=_natural_key))
+    return found
+
+
+def _read_csv(path: Path, columns: int, rows: int) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: missing file")
+    try:
+        with open(path) as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    values = []
+    for i, line in enumerate(lines, 1):
+        cells = line.split(",")
+        if len(cells) != columns:
+            raise DataError(f"{path}: line {i} has {len(cells)} columns, expected {columns}")
+        try:
+            values.append([float(c) for c in cells])
+        except ValueError:
+            raise DataError(f"{path}: line {i} has a non-numeric value: {line[:60]!r}") from None
+    if len(values) < rows:
+        raise DataError(f"{path}: {len(values)} rows, expected at least {rows}")
+    out = np.asarray(values[:rows], dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"{path}: non-finite value (nan or inf)")
+    return out
+
+
+def _read_frame(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: missing frame")
+    try:
+        with Image.open(path) as im:
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                raise DataError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected "
+                                f"{IMAGE_SIZE}x{IMAGE_SIZE}")
+            if im.mode != "RGB":
+                raise DataError(f"{path}: image mode {im.mode}, expected RGB")
+            return np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
+    except Exception as e:  # PIL raises many types on corrupt files
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__})") from None
+
+
+def read_sequence(seq_dir: Path, n_frames: int = N_FRAMES) -> tuple[np.ndarray, np.ndarray]:
+    """One sequence: frames uint8 (T, 64, 64, 3) and conditions float32 (T, 7)."""
+    seq_dir = Path(seq_dir)
+    actions = _read_csv(seq_dir / "actions.csv", ACTION_DIM, n_frames)
+    positions = _read_csv(seq_dir / "endeffector_positions.csv", POSITION_DIM, n_frames)
+    frames = np.stack([_read_frame(seq_dir / f"{t}.png") for t in range(n_frames)])
+    return frames, np.concatenate([actions, positions], axis=1)
+
+
+# ----------------------------------------------------------------------------- decoded cache
+
+def cache_root() -> Path:
+    """`$CVAE_CACHE`, else ~/.cache/cvae-sweeps: synthetic data and caches of read-only data."""
+    return Path(os.environ.get("CVAE_CACHE") or Path.home() / ".cache" / "cvae-sweeps")
+
+
+def _cache_dir(root: Path) -> Path:
+    """The decoded cache of a dataset root: beside the data, in the user cache, so data
+    folders (possibly read-only or shared) are never written to."""
+    root = Path(root).resolve()
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return cache_root() / "decoded" / f"{root.name}-{digest}"
+
+
+def _fingerprint(root: Path, dirs: Sequence[Path]) -> str:
+    """Names and modification times of the sequence folders (adding, removing or replacing
+    files in a sequence folder changes its mtime)."""
+    h = hashlib.sha1(str(CACHE_VERSION).encode())
+    for d in dirs:
+        h.update(f"{d.relative_to(root)}:{d.stat().st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+@dataclass
+class SplitArrays:
+    """A decoded split: frames uint8 (N, 30, 64, 64, 3), conds float32 (N, 30, 7)."""
+    split: str
+    frames: np.ndarray
+    conds: np.ndarray
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def load_split(root: Path | str, split: str, progress: bool = True) -> SplitArrays:
+    """Decode a split once into the cache and memory-map it; reuse while the data is unchanged."""
+    root = Path(root)
+    dirs = sequence_dirs(root, split)
+    if not dirs:
+        where = root / split
+        raise DataError(f"{where}: " + ("no sequences in split" if where.is_dir()
+                                          else "split folder not found"))
+    cache = _cache_dir(root)
+    stem = cache / split
+    index_path = stem.with_suffix(".index.json")
+    fingerprint = _fingerprint(root, dirs)
+    names = [str(d.relative_to(root / split)) for d in dirs]
+    if index_path.is_file():
+        try:
+            index = json.loads(index_path.read_text())
+            if index.get("fingerprint") == fingerprint:
+                return SplitArrays(split, np.load(f"{stem}.frames.npy", mmap_mode="r"),
+                                   np.load(f"{stem}.conds.npy", mmap_mode="r"), index["names"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable cache: rebuild it
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = f"{stem}.{os.getpid()}.tmp"
+    frames = np.lib.format.open_memmap(f"{tmp}.frames.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(dirs), N_FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))
+    conds = np.empty((len(dirs), N_FRAMES, COND_DIM), dtype=np.float32)
+    start = time.time()
+    for i, d in enumerate(dirs):
+        frames[i], conds[i] = read_sequence(d)
+        if progress and len(dirs) >= 100 and (i + 1) % (len(dirs) // 10) == 0:
+            print(f"decoding {root / split}: {i + 1}/{len(dirs)} sequences "
+                  f"({time.time() - start:.0f} s)", file=sys.stderr)
+    frames.flush()
+    del frames
+    np.save(f"{tmp}.conds.npy", conds)
+    os.replace(f"{tmp}.frames.npy", f"{stem}.frames.npy")
+    os.replace(f"{tmp}.conds.npy", f"{stem}.conds.npy")
+    index_path.write_text(json.dumps({"fingerprint": fingerprint, "names": names}))
+    if progress:
+        print(f"decoded cache of {root / split}: {stem}.frames.npy", file=sys.stderr)
+    return SplitArrays(split, np.load(f"{stem}.frames.npy", mmap_mode="r"),
+                       np.load(f"{stem}.conds.npy", mmap_mode="r"), names)
+
+
+# ----------------------------------------------------------------------------- dataset
+
+@dataclass
+class CondStats:
+    """Per-dimension mean and std of the conditions, computed on the training split."""
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def of(cls, conds: np.ndarray) -> "CondStats":
+        flat = np.asarray(conds, dtype=np.float64).reshape(-1, COND_DIM)
+        std = flat.std(axis=0)
+        return cls(flat.mean(axis=0).astype(np.float32),
+                   np.where(std > 1e-8, std, 1.0).astype(np.float32))
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: Optional[dict]) -> Optional["CondStats"]:
+        if d is None:
+            return None
+        return cls(np.asarray(d["mean"], np.float32), np.asarray(d["std"], np.float32))
+
+
+def resolve_root(data: Optional[str]) -> Path:
+    """The dataset root: the given folder, or the embedded synthetic data (generated once)."""
+    if data is None:
+        from cvae.synth import ensure_synthetic
+        return ensure_synthetic()
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    return root
+
+
+def train_cond_stats(root: Path) -> CondStats:
+    return CondStats.of(load_split(root, "train").conds)
+
+
+class BairDataset(torch.utils.data.Dataset):
+    """`(frames, conditions)` pairs: frames float (T, 3, 64, 64) in [0, 1], conditions (T, 7)
+    (actions then end-effector positions), T = `seq_len` frames from `start` (the first frames,
+    as in the evaluation protocol). `cond_stats` standardizes the conditions."""
+
+    def __init__(self, root: Path | str, split: str, seq_len: int = 12,
+                 cond_stats: Optional[CondStats] = None, start: int = 0):
+        if not 1 <= seq_len <= N_FRAMES - start:
+            raise ValueError(f"seq_len={seq_len}: expected 1..{N_FRAMES - start}")
+        self.arrays = load_split(root, split)
+        self.seq_len, self.start, self.cond_stats = seq_len, start, cond_stats
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        frames, conds = self.batch(np.array([i]), np.array([self.start]))
+        return frames[0], conds[0]
+
+    def batch(self, indices: np.ndarray, starts: np.ndarray,
+              seq_len: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch in one gather: frames (B, T, 3, 64, 64) float, conditions (B, T, 7)."""
+        t = seq_len or self.seq_len
+        window = starts[:, None] + np.arange(t)[None, :]  # (B, T)
+        order = np.argsort(indices, kind="stable")  # sorted reads are kinder to the memmap
+        frames = np.empty((len(indices), t, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+        conds = np.empty((len(indices), t, COND_DIM), np.float32)
+        for j in order:
+            frames[j] = self.arrays.frames[indices[j], window[j, 0]:window[j, -1] + 1]
+            conds[j] = self.arrays.conds[indices[j], window[j, 0]:window[j, -1] + 1]
+        if self.cond_stats is not None:
+            conds = (conds - self.cond_stats.mean) / self.cond_stats.std
+        # (B, T, H, W, C) uint8 -> (B, T, C, H, W) float in [0, 1]
+        x = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float().div_(255.0)
+        return x, torch.from_numpy(conds)
+
+
+# ----------------------------------------------------------------------------- check-data
+
+def check_data(root: Path) -> dict:
+    """Validate every sequence of every split; a report dict with counts, ranges and problems."""
+    root = Path(root)
+    report: dict = {"root": str(root), "splits": {}, "problems": []}
+    if not root.is_dir():
+        report["problems"].append(f"{root}: data folder not found")
+        return report
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        dirs = sequence_dirs(root, split)
+        info: dict = {"sequences": len(dirs), "bad_sequences": 0}
+        report["splits"][split] = info
+        if not dirs:
+            report["problems"].append(f"{split_dir}: no sequences in split")
+            continue
+        lo = np.full(COND_DIM, np.inf)
+        hi = np.full(COND_DIM, -np.inf)
+        for d in dirs:
+            try:
+                frames, conds = read_sequence(d)
+            except DataError as e:
+                info["bad_sequences"] += 1
+                report["problems"].append(str(e))
+                continue
+            lo, hi = np.minimum(lo, conds.min(0)), np.maximum(hi, conds.max(0))
+            info.setdefault("frame_shape", list(frames.shape[1:]))
+        if info["bad_sequences"] < len(dirs):
+            info["frames_per_sequence"] = N_FRAMES
+            info["condition_dims"] = {"actions": ACTION_DIM, "positions": POSITION_DIM}
+            info["action_range"] = [[float(a), float(b)] for a, b in zip(lo[:4], hi[:4])]
+            info["position_range"] = [[float(a), float(b)] for a, b in zip(lo[4:], hi[4:])]
+    if not report["splits"]:
+        report["problems"].append(f"{root}: no split folder (expected one of {', '.join(SPLITS)})")
+    return report
+
+
+def _format_report(report: dict) -> str:
+    lines = [f"data: {report['root']}"]
+    for split, info in report["splits"].items():
+        line = f"  {split:9s} {info['sequences']:6d} sequences"
+        if "frame_shape" in info:
+            h, w, c = info["frame_shape"]
+            line += f", {N_FRAMES} frames of {h}x{w}x{c}, conditions 4 actions + 3 positions"
+        if info["bad_sequences"]:
+            line += f", {info['bad_sequences']} bad"
+        lines.append(line)
+        for name in ("action_range", "position_range"):
+            if name in info:
+                ranges = " ".join(f"[{a:.3g}, {b:.3g}]" for a, b in info[name])
+                lines.append(f"            {name.replace('_', ' ')}: {ranges}")
+    absent = [s for s in SPLITS if s not in report["splits"]]
+    if absent and report["splits"]:
+        lines.append(f"  absent splits: {', '.join(absent)}")
+    if report["problems"]:
+        lines.append(f"{len(report['problems'])} problem(s):")
+        lines.extend(f"  {p}" for p in report["problems"])
+    else:
+        lines.append("ok")
+    return "\n".join(lines)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    report = check_data(Path(args.dir))
+    print(json.dumps(report, indent=2) if args.json else _format_report(report))
+    return 1 if report["problems"] else 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check-data", help="validate a dataset root in the BAIR layout",
+        description="Validate every sequence of a dataset root (<root>/<split>/<traj>/<k>/...): "
+                    "print per-split counts, frame shape, condition dims and value ranges. "
+                    "Exits 1 when any sequence is bad, listing each problem.")
+    p.add_argument("dir", help="dataset root holding train/, validate/ and/or test/")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run_check)

@@ -1,0 +1,189 @@
+"""PSNR / SSIM evaluation (one function serves validation, test and reports) and
+`cvae evaluate`.
+
+Protocol (the lab's demo): the first n_past + n_future frames of each sequence, n_past = 2
+given, n_future = 10 predicted, z sampled from the prior; PSNR per frame with data range 1,
+averaged over frames and sequences. `samples` > 1 is SVG's best-of-N protocol (the sample
+with the best mean SSIM per sequence is scored).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from cvae.data import BairDataset, DataError, resolve_root
+from cvae.metrics import psnr, ssim
+
+
+@torch.no_grad()
+def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, samples: int = 1,
+             max_sequences: int = 0, batch_size: int = 32, device: str | torch.device = "cpu",
+             shuffle_conditions: bool = False, seed: int = 0,
+             keep_predictions: int = 0) -> dict:
+    """Score `model` on the first n_past + n_future frames of each sequence of `dataset`.
+
+    Returns mean and per-frame PSNR/SSIM of the model and of the copy-last-frame baseline;
+    with `keep_predictions` = k, also the first k sequences' ground truth and prediction.
+    `shuffle_conditions` gives each sequence the conditions of another one (a derangement).
+    """
+    was_training = model.training
+    model.eval()
+    n = len(dataset) if max_sequences <= 0 else min(max_sequences, len(dataset))
+    t = n_past + n_future
+    gen = np.random.default_rng(seed)
+    perm = np.arange(n)
+    if shuffle_conditions:
+        perm = (np.arange(n) + 1 + gen.integers(max(1, n - 1))) % n if n > 1 else perm
+    scores = {k: [] for k in ("psnr", "ssim", "base_psnr", "base_ssim")}
+    kept_gt, kept_pred = [], []
+    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+        torch.manual_seed(seed)
+        for lo in range(0, n, batch_size):
+            idx = np.arange(lo, min(n, lo + batch_size))
+            x, _ = dataset.batch(idx, np.zeros(len(idx), int), seq_len=t)
+            _, cond = dataset.batch(perm[idx], np.zeros(len(idx), int), seq_len=t)
+            x, cond = x.to(device, non_blocking=True), cond.to(device, non_blocking=True)
+            target = x[:, n_past:]
+            best_psnr = best_ssim = best_pred = None
+            for _ in range(samples):
+                pred = model.predict(x[:, :n_past], cond, n_future).float().clamp_(0, 1)
+                p, s = psnr(pred, target), ssim(pred, target)  # (B, n_future)
+                if best_ssim is None:
+                    best_psnr, best_ssim, best_pred = p, s, pred
+                else:
+                    better = s.mean(1) > best_ssim.mean(1)  # SVG: best sample by mean SSIM
+                    best_psnr = torch.where(better[:, None], p, best_psnr)
+                    best_ssim = torch.where(better[:, None], s, best_ssim)
+                    best_pred = torch.where(better[:, None, None, None, None], pred, best_pred)
+            copy = x[:, n_past - 1:n_past].expand_as(target)  # copy-last-frame baseline
+            scores["psnr"].append(best_psnr.cpu())
+            scores["ssim"].append(best_ssim.cpu())
+            scores["base_psnr"].append(psnr(copy, target).cpu())
+            scores["base_ssim"].append(ssim(copy, target).cpu())
+            if len(kept_gt) * batch_size < keep_predictions:
+                kept_gt.append(x.cpu())
+                kept_pred.append(best_pred.cpu())
+    model.train(was_training)
+    per = {k: torch.cat(v).double() for k, v in scores.items()}  # (N, n_future)
+    out = {
+        "n_sequences": n, "n_past": n_past, "n_future": n_future, "samples": samples,
+        "shuffle_conditions": shuffle_conditions,
+        "psnr": per["psnr"].mean().item(), "ssim": per["ssim"].mean().item(),
+        "baseline_psnr": per["base_psnr"].mean().item(),
+        "baseline_ssim": per["base_ssim"].mean().item(),
+        "psnr_per_frame": per["psnr"].mean(0).tolist(),
+        "ssim_per_frame": per["ssim"].mean(0).tolist(),
+        "baseline_psnr_per_frame": per["base_psnr"].mean(0).tolist(),
+        "baseline_ssim_per_frame": per["base_ssim"].mean(0).tolist(),
+    }
+    if keep_predictions:
+        out["ground_truth"] = torch.cat(kept_gt)[:keep_predictions]
+        out["prediction"] = torch.cat(kept_pred)[:keep_predictions]
+    return out
+
+
+def save_media(result: dict, media_dir: Path, label: str = "") -> dict:
+    """GIF (ground truth beside prediction), per-timestep grid and PSNR-per-frame plot of the
+    first kept sequence of an `evaluate(..., keep_predictions=1)` result."""
+    from cvae import visualize
+
+    media_dir = Path(media_dir)
+    media_dir.mkdir(parents=True, exist_ok=True)
+    n_past = result["n_past"]
+    gt = result["ground_truth"][0]
+    pred = torch.cat([gt[:n_past], result["prediction"][0]])
+    return {
+        "gif": str(visualize.save_gif(media_dir / "prediction.gif",
+                                      {"ground truth": gt, "prediction": pred}, n_past=n_past)),
+        "grid": str(visualize.save_grid(media_dir / "grid.png",
+                                        {"ground truth": gt, "prediction": pred,
+                                         "|difference|": (gt - pred).abs()}, n_past=n_past)),
+        "psnr_plot": str(visualize.plot_psnr_per_frame(
+            media_dir / "psnr_per_frame.png",
+            {"model": result["psnr_per_frame"],
+             "copy last frame": result["baseline_psnr_per_frame"]},
+            n_past=n_past, title=label or None)),
+    }
+
+
+def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test", n_past: int = 2,
+                        n_future: int = 10, samples: int = 1, shuffle_conditions: bool = False,
+                        media_dir: Optional[str | Path] = None, max_sequences: int = 0,
+                        device: str = "cpu", seed: int = 0) -> dict:
+    """Evaluate a checkpoint on a split (data=None: the data it was trained on, else the
+    embedded synthetic data); with `media_dir`, also write a GIF, a grid and a PSNR plot."""
+    from cvae.checkpoint import load_model
+
+    model, cfg, stats = load_model(path, device)
+    root = resolve_root(data if data is not None else cfg.data)
+    dataset = BairDataset(root, split, seq_len=n_past + n_future, cond_stats=stats)
+    result = evaluate(model, dataset, n_past, n_future, samples=samples, device=device,
+                      max_sequences=max_sequences, shuffle_conditions=shuffle_conditions,
+                      seed=seed, keep_predictions=1 if media_dir else 0)
+    result.update(checkpoint=str(path), data=str(root), split=split)
+    if media_dir:
+        result["media"] = save_media(result, Path(media_dir))
+        del result["ground_truth"], result["prediction"]
+    return result
+
+
+def _print_result(r: dict) -> None:
+    print(f"{r['split']} split of {r['data']}: {r['n_sequences']} sequences, "
+          f"{r['n_past']} past -> {r['n_future']} future, {r['samples']} sample(s)"
+          + (", conditions shuffled" if r["shuffle_conditions"] else ""))
+    print(f"  model            PSNR {r['psnr']:6.2f} dB   SSIM {r['ssim']:.4f}")
+    print(f"  copy last frame  PSNR {r['baseline_psnr']:6.2f} dB   SSIM {r['baseline_ssim']:.4f}")
+    print(f"  model - baseline {r['psnr'] - r['baseline_psnr']:+6.2f} dB")
+    print("  PSNR per frame: " + " ".join(f"{v:.1f}" for v in r["psnr_per_frame"]))
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split,
+                                     n_past=args.n_past, n_future=args.n_future,
+                                     samples=args.samples,
+                                     shuffle_conditions=args.shuffle_conditions,
+                                     media_dir=args.media, max_sequences=args.max_sequences,
+                                     device=args.device, seed=args.seed)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_result(result)
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="PSNR/SSIM of a checkpoint and of the copy-last-frame baseline",
+        description="Evaluate a checkpoint: PSNR/SSIM per frame and averaged over a split, "
+                    "beside the copy-last-frame baseline.")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint directory (holding state.pt) or the state.pt file")
+    p.add_argument("--data", default=None,
+                   help="dataset root (default: the data the checkpoint was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "validate", "test"],
+                   help="split to score (default: test)")
+    p.add_argument("--n-past", type=int, default=2, help="given frames (default: 2)")
+    p.add_argument("--n-future", type=int, default=10,
+                   help="predicted frames (default: 10; 28 for SVG's long horizon)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="z samples per sequence; the best by mean SSIM is scored (default: 1)")
+    p.add_argument("--shuffle-conditions", action="store_true",
+                   help="give each sequence the conditions of another (how much actions matter)")
+    p.add_argument("--max-sequences", type=int, default=0,
+                   help="score only the first N sequences (default: 0 = all)")
+    p.add_argument("--media", default=None, metavar="DIR",
+                   help="also write a GIF, a per-timestep grid and a PSNR plot into DIR")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
