@@ -1,0 +1,144 @@
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvae.__main__ import main
+from cvae.data import (BairDataset, CondStats, DataError, check_data, load_split, read_sequence,
+                       sequence_dirs)
+
+SEQ = "traj_0_to_255.tfrecords/175"
+
+
+def copy_sample(bair_sample: Path, dst: Path) -> Path:
+    shutil.copytree(bair_sample / "test", dst / "test")
+    return dst / "test" / SEQ
+
+
+# ------------------------------------------------------------------ the real BAIR sample
+
+def test_loader_reads_the_real_sample_exactly(bair_sample):
+    seq = bair_sample / "test" / SEQ
+    ds = BairDataset(bair_sample, "test", seq_len=30)
+    assert len(ds) == 1
+    frames, conds = ds[0]
+    assert frames.shape == (30, 3, 64, 64) and frames.dtype == torch.float32
+    assert conds.shape == (30, 7)
+    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    actions = np.loadtxt(seq / "actions.csv", delimiter=",")
+    positions = np.loadtxt(seq / "endeffector_positions.csv", delimiter=",")
+    assert np.allclose(conds[:, :4].numpy(), actions, atol=1e-7)
+    assert np.allclose(conds[:, 4:].numpy(), positions, atol=1e-7)
+    for t in (0, 13, 29):
+        png = np.asarray(Image.open(seq / f"{t}.png"), dtype=np.float32) / 255
+        assert torch.equal(frames[t], torch.from_numpy(png).permute(2, 0, 1))
+
+
+def test_sequence_length_and_normalization_on_the_real_sample(bair_sample):
+    full = BairDataset(bair_sample, "test", seq_len=30)[0][1].numpy()
+    stats = CondStats.of(full[None])
+    frames, conds = BairDataset(bair_sample, "test", seq_len=12, cond_stats=stats)[0]
+    assert frames.shape == (12, 3, 64, 64) and conds.shape == (12, 7)
+    assert np.allclose(conds.numpy(), (full[:12] - stats.mean) / stats.std, atol=1e-5)
+    # statistics survive a round trip through plain data (as stored in checkpoints)
+    again = CondStats.from_dict(json.loads(json.dumps(stats.to_dict())))
+    assert np.array_equal(again.mean, stats.mean) and np.array_equal(again.std, stats.std)
+
+
+def test_check_data_on_the_real_sample(bair_sample, capsys):
+    report = check_data(bair_sample)
+    assert report["problems"] == []
+    info = report["splits"]["test"]
+    assert info["sequences"] == 1 and info["frame_shape"] == [64, 64, 3]
+    lo = min(info["action_range"][0][0], info["action_range"][1][0])  # planar actions dx, dy
+    hi = max(info["action_range"][0][1], info["action_range"][1][1])
+    assert lo == pytest.approx(-0.065, abs=0.005) and hi == pytest.approx(0.070, abs=0.005)
+    assert main(["check-data", str(bair_sample), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["test"]["sequences"] == 1
+
+
+def test_decoded_cache_is_reused_and_refreshed(bair_sample, tmp_path):
+    seq = copy_sample(bair_sample, tmp_path)
+    first = load_split(tmp_path, "test", progress=False)
+    assert isinstance(first.frames, np.memmap)
+    again = load_split(tmp_path, "test", progress=False)
+    assert np.array_equal(first.frames, again.frames)
+    # replacing a frame changes the sequence folder: the cache is rebuilt
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(seq / "0.tmp.png")
+    (seq / "0.tmp.png").replace(seq / "0.png")
+    rebuilt = load_split(tmp_path, "test", progress=False)
+    assert rebuilt.frames[0, 0].max() == 0
+
+
+def test_enumeration_is_deterministic_and_does_not_assume_k(tmp_path, bair_sample):
+    src = bair_sample / "test" / SEQ
+    for traj, ks in (("traj_256_to_511.tfrecords", ["300", "9"]), ("traj_0_to_255.tfrecords", ["17"])):
+        for k in ks:
+            shutil.copytree(src, tmp_path / "test" / traj / k)
+    names = [f"{p.parent.name}/{p.name}" for p in sequence_dirs(tmp_path, "test")]
+    assert names == ["traj_0_to_255.tfrecords/17", "traj_256_to_511.tfrecords/9",
+                     "traj_256_to_511.tfrecords/300"]
+
+
+# ------------------------------------------------------------------ bad data: one line each
+
+def _break(seq: Path, how: str) -> str:
+    if how == "missing frame":
+        (seq / "7.png").unlink()
+        return "7.png: missing frame"
+    if how == "wrong size":
+        Image.new("RGB", (32, 64)).save(seq / "3.png")
+        return "3.png: image is 32x64, expected 64x64"
+    if how == "wrong mode":
+        Image.new("L", (64, 64)).save(seq / "3.png")
+        return "3.png: image mode L, expected RGB"
+    if how == "columns":
+        (seq / "actions.csv").write_text("1,2,3\n" * 30)
+        return "actions.csv: line 1 has 3 columns, expected 4"
+    if how == "rows":
+        (seq / "endeffector_positions.csv").write_text("1,2,3\n" * 12)
+        return "endeffector_positions.csv: 12 rows, expected at least 30"
+    if how == "non-numeric":
+        lines = (seq / "actions.csv").read_text().splitlines()
+        lines[4] = "0.1,abc,0,0"
+        (seq / "actions.csv").write_text("\n".join(lines))
+        return "actions.csv: line 5 has a non-numeric value"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["missing frame", "wrong size", "wrong mode", "columns", "rows",
+                                 "non-numeric"])
+def test_bad_data_gives_one_line_naming_the_file(bair_sample, tmp_path, how, capsys):
+    seq = copy_sample(bair_sample, tmp_path)
+    expected = _break(seq, how)
+    with pytest.raises(DataError) as err:
+        read_sequence(seq)
+    message = str(err.value)
+    assert "\n" not in message and expected in message and str(seq) in message
+    assert main(["check-data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "1 problem(s)" in out and expected in out
+
+
+def test_empty_split_and_missing_root(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    report = check_data(tmp_path)
+    assert any("no sequences in split" in p for p in report["problems"])
+    with pytest.raises(DataError, match="no sequences in split"):
+        BairDataset(tmp_path, "train")
+    assert main(["check-data", str(tmp_path / "nowhere")]) == 1
+    assert "data folder not found" in capsys.readouterr().out
+
+
+def test_check_data_lists_every_bad_sequence(bair_sample, tmp_path, capsys):
+    for k in ("1", "2", "3"):
+        shutil.copytree(bair_sample / "test" / SEQ, tmp_path / "test" / "traj" / k)
+    _break(tmp_path / "test" / "traj" / "1", "missing frame")
+    _break(tmp_path / "test" / "traj" / "3", "columns")
+    assert main(["check-data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 problem(s)" in out and "traj/1/7.png" in out and "traj/3/actions.csv" in out
