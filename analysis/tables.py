@@ -1,0 +1,190 @@
+"""Discussion tables of a sweep, each written as Markdown, LaTeX (booktabs) and CSV.
+
+Every builder takes the `Experiment` of analysis.results and returns a `Table`: a frame of raw
+values (NaN/None = not applicable) with a title and a traceability note naming the file/column
+behind each number. CSV holds the raw values; Markdown, LaTeX and HTML print them through `fmt`
+(so '-' in a printed table is an empty CSV cell).
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from analysis.results import CYCLES, LR, MODE, TFR_START, Experiment, spec_choices
+
+LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                 "^": r"\textasciicircum{}"}
+
+
+def fmt(value: Any) -> str:
+    """A cell as printed: '-' for missing, yes/no, integers as is, floats to 2 decimals (3
+    significant digits below 1, e.g. learning rates)."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return "-"
+    if isinstance(value, (bool, np.bool_)):
+        return "yes" if value else "no"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3g}"
+    return str(value)
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_ESCAPES.get(c, c) for c in text)
+
+
+@dataclass
+class Table:
+    name: str  # file stem under <out>/tables/
+    title: str
+    frame: pd.DataFrame  # raw values
+    source: str  # traceability: which file/column each column comes from
+
+    def cells(self) -> list[list[str]]:
+        """Header row, then the printed rows."""
+        return [[str(c) for c in self.frame.columns],
+                *([fmt(v) for v in row] for row in self.frame.itertuples(index=False))]
+
+    def markdown(self) -> str:
+        head, *rows = self.cells()
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(c.replace("|", r"\|") for c in row) + " |" for row in rows]
+        return "\n".join(lines)
+
+    def latex(self) -> str:
+        head, *rows = self.cells()
+        numeric = pd.api.types.is_numeric_dtype
+        align = "".join("r" if numeric(t) and not pd.api.types.is_bool_dtype(t) else "l"
+                        for t in self.frame.dtypes)
+        body = [" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows]
+        return "\n".join([f"% {self.title}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+                          " & ".join(latex_escape(c) for c in head) + r" \\", r"\midrule", *body,
+                          r"\bottomrule", r"\end{tabular}", ""])
+
+    def html(self) -> str:
+        head, *rows = self.cells()
+        cell = lambda tag, c: f"<{tag}>{html.escape(c)}</{tag}>"  # noqa: E731
+        lines = ["<table>", "<tr>" + "".join(cell("th", c) for c in head) + "</tr>"]
+        lines += ["<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in rows]
+        return "\n".join([*lines, "</table>"])
+
+    def write(self, out_dir: Path) -> dict[str, Path]:
+        """Write <name>.md, <name>.tex and <name>.csv into out_dir; return them by extension."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths = {ext: out_dir / f"{self.name}.{ext}" for ext in ("md", "tex", "csv")}
+        paths["md"].write_text(
+            f"## {self.title}\n\n{self.markdown()}\n\nTraceability: {self.source}\n")
+        paths["tex"].write_text(self.latex())
+        self.frame.to_csv(paths["csv"], index=False)
+        return paths
+
+
+def mode_table(exp: Experiment, test_psnr: Mapping[str, float]) -> Table:
+    """Per annealing mode: trials, best/median validation PSNR, and the best trial's test PSNR,
+    settings and epochs run."""
+    ran, best = exp.ran(), exp.best_by_mode()
+    rows = []
+    for mode, tid in best.items():
+        group, top = ran[ran[MODE] == mode], exp.trials.loc[tid]
+        rows.append({"mode": mode, "trials": len(group),
+                     "best val PSNR": top["best_val_psnr"],
+                     "median val PSNR": group["best_val_psnr"].median(),
+                     "test PSNR (best)": test_psnr.get(mode, math.nan), "best trial": tid,
+                     "lr": top[LR], "tfr decay start": top[TFR_START], "cycles": top[CYCLES],
+                     "epochs run (best)": top["epochs"]})
+    columns = ["mode", "trials", "best val PSNR", "median val PSNR", "test PSNR (best)",
+               "best trial", "lr", "tfr decay start", "cycles", "epochs run (best)"]
+    return Table("modes", "Annealing modes", pd.DataFrame(rows, columns=columns),
+                 f"trials = trial dirs with result.json rows per `{MODE}` (params.json); "
+                 "best/median val PSNR = max of `val_psnr` over each trial's result.json, then "
+                 "max/median over the mode's trials; test PSNR = `psnr` of evaluate_checkpoint on "
+                 "the best trial's best kept checkpoint (test split, 2 past -> 10 future); "
+                 f"lr/tfr decay start/cycles = `{LR}`/`{TFR_START}`/`{CYCLES}` of the best trial's "
+                 "params.json ('-': not a cyclical mode); epochs run = last `epoch` in its "
+                 "result.json.")
+
+
+def topk_table(exp: Experiment, k: int) -> Table:
+    """The k trials with the highest best validation PSNR, with every searched hyperparameter."""
+    columns = {"trial_id": "trial", **{p: p for p in exp.searched},
+               "best_val_psnr": "best val PSNR", "best_epoch": "best epoch", "epochs": "epochs",
+               "status": "status"}
+    frame = exp.ranked().head(k)[list(columns)].rename(columns=columns).reset_index(drop=True)
+    frame.insert(0, "rank", range(1, len(frame) + 1))
+    return Table("top_trials", f"Top {k} trials by best validation PSNR", frame,
+                 "hyperparameters from each trial's params.json; best val PSNR / best epoch = max "
+                 "and argmax of `val_psnr` in result.json; epochs = last `epoch`; status from "
+                 "trials.json, else inferred from result.json and sweep.json `finished`.")
+
+
+def effect_table(exp: Experiment) -> Table:
+    """Effect of each searched hyperparameter on the best validation PSNR: per value (categorical,
+    or numeric with at most 4 values) or per tercile (numeric), with Spearman's rank correlation
+    for numeric parameters."""
+    ran, rows = exp.ran(), []
+    for param in exp.searched:
+        data = ran[[param, "best_val_psnr"]].dropna()
+        if data.empty:
+            continue
+        x, y = data[param], data["best_val_psnr"].astype(float)
+        choices = spec_choices(exp.sweep["searched"][param])
+        if choices or not pd.api.types.is_numeric_dtype(x):
+            order = choices or sorted(x.unique(), key=str)
+            groups = [(fmt(v), y[x == v]) for v in order if (x == v).any()]
+            rho = math.nan
+        else:
+            numbers = x.astype(float)
+            if numbers.nunique() <= 4:  # few values (e.g. cycle counts): one group each
+                bins = numbers.rank(method="dense")
+            else:
+                bins = pd.qcut(numbers.rank(method="first"), 3, labels=False)
+            groups = [(_range(x[bins == b]), y[bins == b]) for b in sorted(bins.unique())]
+            rho = numbers.rank().corr(y.rank()) if len(x) >= 3 else math.nan
+        top = max(range(len(groups)), key=lambda i: groups[i][1].median())
+        rows += [{"parameter": param, "group": label, "trials": len(vals), "mean": vals.mean(),
+                  "median": vals.median(), "best": vals.max(), "spearman rho": rho,
+                  "best group": i == top} for i, (label, vals) in enumerate(groups)]
+    columns = ["parameter", "group", "trials", "mean", "median", "best", "spearman rho",
+               "best group"]
+    return Table("effects", "Effect of each searched hyperparameter on best validation PSNR",
+                 pd.DataFrame(rows, columns=columns),
+                 "groups over trials with result.json rows, by the parameter's params.json value "
+                 "(categorical or at most 4 values: one group per value; else value terciles, "
+                 "[min, max] of each); mean/median/best of each trial's max `val_psnr`; spearman "
+                 "rho = rank correlation of the value with that PSNR; best group = highest median. "
+                 f"`{CYCLES}` counts cyclical modes only.")
+
+
+def compute_table(exp: Experiment) -> Table:
+    """Trial-epochs the sweep ran against the grid budget without early stopping, and time."""
+    ran = exp.ran()
+    rows = [("trials with results", len(ran), "trial dirs with result.json rows"),
+            ("trials planned", exp.planned, "sweep.json num_samples (or trials found, if more)"),
+            ("epochs per trial (budget)", exp.epochs, "sweep.json epochs"),
+            ("trial-epochs run", exp.trial_epochs(),
+             "sum over trials of the last `epoch` in result.json"),
+            ("grid budget (trials x epochs)", exp.budget, "trials planned x epochs per trial"),
+            ("fraction saved", exp.saved_fraction(), "1 - trial-epochs run / grid budget"),
+            ("total trial time (s)", ran["time_total_s"].sum(min_count=1),
+             "sum over trials of the last `time_total_s` in result.json"),
+            ("sweep wall time (s)", exp.sweep.get("wall_time_s"), "sweep.json wall_time_s")]
+    frame = pd.DataFrame(rows, columns=["quantity", "value", "source"], dtype=object)
+    return Table("compute", "Compute used", frame, "the source column of each row.")
+
+
+def all_tables(exp: Experiment, top_k: int, test_psnr: Mapping[str, float]) -> list[Table]:
+    return [mode_table(exp, test_psnr), topk_table(exp, top_k), effect_table(exp),
+            compute_table(exp)]
+
+
+def _range(values: pd.Series) -> str:
+    low, high = values.min(), values.max()
+    return fmt(low) if low == high else f"[{fmt(low)}, {fmt(high)}]"
