@@ -13,11 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="cvae", description="Conditional VAE video prediction: data, training, evaluation.")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"cvae.{name}")
-        except ImportError:
-            continue
-        module.register(sub)
+        importlib.import_module(f"cvae.{name}").register(sub)
     return parser
 
 

@@ -1,0 +1,184 @@
+"""`cvae bench`: time training steps of the real model on random data, or the data loader.
+
+With `--compare`, the same model and batch are also timed with
+- `reference`: a straightforward per-timestep loop, as the lab's and SVG's training scripts
+  are written (every step encodes x_{t-1} and x_t and decodes one frame), and
+- `floor`: one batched forward + backward pass of encoder and decoder over the same frames,
+  the least any training step of this architecture must do.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cvae.config import PRESETS, preset
+from cvae.model import SVG, kl_divergence
+from cvae.train import select_device
+
+
+def reference_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
+    """The lab's loop, step by step: encoder twice per step, decoder once per step."""
+    mse = kld = x.new_zeros(())
+    post_state = pred_state = None
+    x_in = x[:, 0]
+    skip = None
+    for i in range(1, x.shape[1]):
+        h, s = model.encoder(x_in)
+        if i <= model.n_past:
+            skip = s
+        h_target, _ = model.encoder(x[:, i])
+        z, mu, logvar, post_state = model.posterior(h_target, post_state)
+        h_pred, pred_state = model.frame_predictor(torch.cat([c[:, i], h, z], 1), pred_state)
+        x_pred = model.decoder(h_pred, skip)
+        mse = mse + (x_pred - x[:, i]).pow(2).mean()
+        kld = kld + kl_divergence(mu, logvar)
+        x_in = x[:, i] if teacher_forcing or i < model.n_past else x_pred
+    return mse, kld
+
+
+def floor_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
+    """Encoder over all B*T frames and decoder over all B*(T-1) predicted frames, batched."""
+    b, t = x.shape[:2]
+    h, skips = model.encode(x)
+    x_pred = model.decoder(h[:, :-1].flatten(0, 1), [s[:, :-1].flatten(0, 1) for s in skips])
+    return (x_pred.unflatten(0, (b, t - 1)) - x[:, 1:]).pow(2).mean(), h.new_zeros(())
+
+
+def project_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
+    out = model(x, c, teacher_forcing)
+    return out.mse, out.kld
+
+
+STEPS: dict[str, Callable] = {"project": project_step, "reference": reference_step,
+                              "floor": floor_step}
+
+
+def time_steps(step: Callable, model: SVG, x, c, tf: bool, steps: int, warmup: int) -> list[float]:
+    """Seconds per forward + backward + Adam update, after `warmup` untimed steps."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    times = []
+    for i in range(warmup + steps):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        mse, kld = step(model, x, c, tf)
+        opt.zero_grad(set_to_none=True)
+        (mse + 1e-4 * kld).backward()
+        opt.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_model(args: argparse.Namespace) -> dict:
+    overrides = {"width": args.width} if args.width else {}
+    cfg = preset(args.preset, **overrides)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, args.seq_len, 3, 64, 64, device=device)
+    c = torch.randn(args.batch, args.seq_len, cfg.cond_dim, device=device)
+    tf = args.tfr >= 0.5
+    result = {"preset": args.preset, "width": cfg.width, "batch": args.batch,
+              "seq_len": args.seq_len, "teacher_forcing": tf, "device": str(device),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": {}}
+    variants = [("project", args.channels_last)]
+    if args.compare:
+        variants += [("reference", False), ("floor", args.channels_last)]
+    for name, channels_last in variants:
+        model = SVG(cfg).to(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = model.to(memory_format=memory_format)
+        result["parameters"] = sum(p.numel() for p in model.parameters())
+        print(f"timing {name} ({args.steps} steps after {args.warmup} warm-up)...",
+              file=sys.stderr)
+        times = time_steps(STEPS[name], model, x, c, tf, args.steps, args.warmup)
+        s = statistics.median(times)
+        result["runs"][name] = {"s_per_step": s, "frames_per_s": args.batch * args.seq_len / s,
+                                "channels_last": channels_last, "times": times}
+    runs = result["runs"]
+    if args.compare:
+        result["speedup_vs_reference"] = (runs["reference"]["s_per_step"]
+                                          / runs["project"]["s_per_step"])
+        result["time_vs_floor"] = runs["project"]["s_per_step"] / runs["floor"]["s_per_step"]
+    return result
+
+
+def bench_loader(args: argparse.Namespace) -> dict:
+    from cvae.data import BairDataset, N_FRAMES, resolve_root
+
+    ds = BairDataset(resolve_root(args.data), "train", args.seq_len)
+    rng = np.random.default_rng(0)
+    ds.batch(rng.integers(len(ds), size=args.batch), np.zeros(args.batch, int))  # warm-up
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 3.0:
+        idx = rng.integers(len(ds), size=args.batch)
+        ds.batch(idx, rng.integers(N_FRAMES - args.seq_len + 1, size=args.batch))
+        n += args.batch
+    elapsed = time.perf_counter() - start
+    return {"data": str(ds.arrays.split), "sequences": len(ds), "batch": args.batch,
+            "seq_len": args.seq_len, "sequences_per_s": n / elapsed,
+            "threads": torch.get_num_threads()}
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 2 <= args.seq_len <= 30:
+        print(f"error: --seq-len {args.seq_len}: expected 2..30", file=sys.stderr)
+        return 2
+    result = bench_loader(args) if args.data else bench_model(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.data:
+        print(f"loader: {result['sequences_per_s']:.0f} sequences/s of {args.seq_len} frames "
+              f"(batch {args.batch}, {result['threads']} threads)")
+    else:
+        print(f"model: preset {result['preset']}, width {result['width']}, "
+              f"{result['parameters'] / 1e6:.2f} M parameters, batch {args.batch} x "
+              f"{args.seq_len} frames, teacher forcing {'on' if result['teacher_forcing'] else 'off'}"
+              f", {result['device']}, {result['threads']} threads")
+        for name, r in result["runs"].items():
+            print(f"  {name:9s} {r['s_per_step']:8.3f} s/step {r['frames_per_s']:8.1f} frames/s"
+                  + ("  (channels_last)" if r["channels_last"] else ""))
+        if args.compare:
+            print(f"  speed-up over the per-timestep reference: "
+                  f"{result['speedup_vs_reference']:.2f}x; time / floor: "
+                  f"{result['time_vs_floor']:.2f}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "bench", help="time training steps (frames/s) or the data loader (sequences/s)",
+        description="Time training steps of the real model on random data after warm-up, or "
+                    "with --data the data loader alone.")
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="model configuration (default: cpu)")
+    p.add_argument("--width", type=float, default=None,
+                   help="override the preset's channel width multiplier (1.0 = lab size)")
+    p.add_argument("--batch", type=int, default=4, help="sequences per batch (default: 4)")
+    p.add_argument("--seq-len", type=int, default=12, help="frames per sequence (default: 12)")
+    p.add_argument("--tfr", type=float, default=1.0, choices=[0.0, 1.0],
+                   help="1.0: teacher-forced steps; 0.0: free-running steps (default: 1.0)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default: 2)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (default: 0 = torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for the project's step (default: on)")
+    p.add_argument("--compare", action="store_true",
+                   help="also time the per-timestep reference loop and the encoder+decoder floor")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="time the data loader on DIR's train split instead of the model")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)

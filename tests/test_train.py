@@ -1,0 +1,87 @@
+import math
+
+import pytest
+import torch
+
+from cvae import checkpoint
+from cvae.__main__ import main
+from cvae.config import preset
+from cvae.train import fit
+
+
+def tiny(root, **kw):
+    return preset("tiny", data=str(root), **kw)
+
+
+def test_tiny_fit_reports_every_epoch_and_val_psnr_improves(synth_root):
+    rows, dirs = [], []
+
+    def report(row, ckpt_dir):
+        rows.append(row)
+        dirs.append(checkpoint.load(ckpt_dir))
+
+    fit(tiny(synth_root, epoch_size=10, lr=0.004), report)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert {"loss", "mse", "kld", "beta", "tfr", "val_psnr", "val_ssim", "val_psnr_best",
+                "diverged", "epoch_time_s"} <= set(r)
+        assert math.isfinite(r["loss"]) and not r["diverged"]
+    assert rows[1]["val_psnr"] > rows[0]["val_psnr"]
+    assert rows[1]["val_psnr_best"] == max(r["val_psnr"] for r in rows)
+    assert dirs[1]["epoch"] == 2 and len(dirs[1]["history"]) == 2
+
+
+def test_resume_from_checkpoint_is_exact(synth_root):
+    cfg = tiny(synth_root, epochs=3, tfr_start_decay_epoch=1)  # mixed forced / free epochs
+    straight, states = [], []
+    fit(cfg, lambda row, d: (straight.append(row), states.append(checkpoint.load(d))))
+    resumed = []
+    fit(cfg, lambda row, d: resumed.append(row), state=states[0])
+    keys = ("loss", "mse", "kld", "val_psnr", "val_ssim", "tfr", "beta")
+    assert [r["epoch"] for r in resumed] == [2, 3]
+    for a, b in zip(straight[1:], resumed):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+
+
+def test_divergence_ends_the_run_with_a_finite_worst_case(synth_root, monkeypatch):
+    from cvae import train
+
+    calls = {"n": 0}
+    real_step = train.Trainer.train_step
+
+    def exploding(self, x, c, tf, beta):  # the loss turns non-finite in epoch 2
+        calls["n"] += 1
+        if self.epochs_done >= 1:
+            return {"loss": math.inf, "mse": math.inf, "kld": math.inf}
+        return real_step(self, x, c, tf, beta)
+
+    monkeypatch.setattr(train.Trainer, "train_step", exploding)
+    rows = []
+    fit(tiny(synth_root, epochs=4), lambda row, d: rows.append(row))
+    assert [r["diverged"] for r in rows] == [False, True]
+    assert rows[1]["val_psnr"] == 0.0 and rows[1]["val_psnr_best"] == rows[0]["val_psnr"]
+
+
+def test_real_optimizer_divergence_is_detected(synth_root):
+    rows = []
+    fit(tiny(synth_root, epochs=3, lr=1e4, epoch_size=6), lambda row, d: rows.append(row))
+    assert rows[-1]["diverged"] and math.isfinite(rows[-1]["val_psnr"])
+
+
+def test_train_cli_writes_every_artifact(synth_root, tmp_path):
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "tiny", "--data", str(synth_root), "--out", str(out),
+                 "epochs=1", "lr=0.003"]) == 0
+    for name in ("metrics.csv", "curves.png", "prediction.gif", "grid.png", "psnr_per_frame.png",
+                 "test_metrics.json", "config.json"):
+        assert (out / name).stat().st_size > 0, name
+    state = checkpoint.load(out / "checkpoint")
+    assert state["config"]["lr"] == 0.003 and state["epoch"] == 1
+
+
+def test_train_cli_rejects_bad_overrides(synth_root, capsys):
+    assert main(["train", "--preset", "tiny", "--data", str(synth_root), "lrr=0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: unknown config key 'lrr' (did you mean 'lr'?)"
+    assert main(["train", "--preset", "tiny", "--data", str(synth_root), "kl_anneal=sometimes"]) == 2
+    assert "kl_anneal='sometimes'" in capsys.readouterr().err
