@@ -124,7 +124,10 @@ def load_experiment(path: Path | str) -> Experiment:
         seen.add(tid)
         params_file = path / name / "params.json"
         params = _read_json(params_file) if params_file.is_file() else {}
-        history = _history(rows).assign(trial_id=tid)
+        # history.json (the launcher's gap-free timeline) when present, else Ray's result.json
+        timeline = path / name / "history.json"
+        history = _history(_read_json(timeline) if timeline.is_file() else rows)
+        history = history.assign(trial_id=tid)
         histories.append(history)
         checkpoints += _checkpoints(path / name, rows, tid)
         trial_rows.append(_trial(tid, name, params, history, registry.get(tid), sweep))

@@ -1,0 +1,173 @@
+"""Ray: start a local instance or join a cluster, the dashboard, and per-trial resources.
+
+Multi-node sweeps: start Ray on every machine (`ray start --head` on one, `ray start
+--address=<head>:6379` on the others, all with the same RAY_AUTH_TOKEN or ~/.ray/auth_token),
+then run the launcher on the head with `--address auto` and a `--storage` every node can reach:
+a shared file system path (NFS mounted at the same path everywhere) or a bucket URI
+(s3://bucket/sweeps, gs://...). Trial workers on other nodes upload their checkpoints to that
+storage directly; the driver writes results, trials.json and the experiment state there, and
+`--resume` restores from it.
+
+Dashboard: the launcher starts a local Ray with the dashboard on 127.0.0.1 (`--dashboard-host`
+changes it, `--no-dashboard` turns it off). Ray 2.60 protects it with token authentication:
+the token is in ~/.ray/auth_token (or $RAY_AUTH_TOKEN / the file $RAY_AUTH_TOKEN_PATH names);
+`ray get-auth-token` prints it. A browser asks for it once (it is kept as a cookie); HTTP
+clients send `Authorization: Bearer <token>`. On a remote machine, forward the port:
+`ssh -L 8265:127.0.0.1:8265 user@host`, then open http://127.0.0.1:8265 locally. Keep the
+dashboard off public interfaces: its job API runs arbitrary code (CVE-2023-48022).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Optional, Union
+
+MAX_TRIALS_PER_GPU = 4  # "auto" shares a GPU among at most this many trials (no memory isolation)
+
+
+class ResourceError(Exception):
+    """A per-trial request the cluster cannot satisfy; the message is one line."""
+
+
+@dataclass
+class Cluster:
+    address: str  # GCS address
+    started: bool  # True: this process started a local Ray instance
+    dashboard_url: Optional[str]  # "http://host:port", None without a dashboard
+    resources: dict[str, float]  # ray.cluster_resources()
+    max_node_cpus: float
+    max_node_gpus: float
+
+
+@dataclass
+class TrialResources:
+    cpu: float
+    gpu: float
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpu > 0 else "cpu"
+
+    @property
+    def threads(self) -> int:
+        """torch threads: the CPUs the trial holds (at least one)."""
+        return max(1, int(self.cpu))
+
+    def describe(self) -> str:
+        where = f"GPU ({self.gpu:g} each)" if self.gpu else "CPU"
+        return f"trials run on {where}, {self.cpu:g} CPU and {self.threads} torch thread(s) each"
+
+
+def connect(address: Optional[str] = None, *, dashboard: bool = True,
+            dashboard_host: str = "127.0.0.1", dashboard_port: int = 8265,
+            num_cpus: Optional[int] = None) -> Cluster:
+    """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray instance.
+
+    Reuses an existing connection of this process. Worker output is not forwarded to the
+    driver (the launcher prints its own table; trial logs stay in Ray's session logs).
+    """
+    import ray
+
+    started, url = False, None
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
+        if address:
+            url = ray.init(address=address, **kwargs).dashboard_url
+        else:
+            # Token auth is on by default for a local instance; dashboard_help says how to
+            # use it, so Ray's own warning about it is not shown.
+            logging.getLogger("ray._private.authentication.authentication_token_setup"
+                              ).setLevel(logging.ERROR)
+            url = ray.init(num_cpus=num_cpus, include_dashboard=dashboard,
+                           dashboard_host=dashboard_host, dashboard_port=dashboard_port,
+                           **kwargs).dashboard_url
+            started = True
+    else:
+        url = _dashboard_url()
+    context = ray.get_runtime_context()
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return Cluster(address=context.gcs_address, started=started,
+                   dashboard_url=f"http://{url}" if url else None,
+                   resources=dict(ray.cluster_resources()),
+                   max_node_cpus=max((n.get("CPU", 0.0) for n in nodes), default=0.0),
+                   max_node_gpus=max((n.get("GPU", 0.0) for n in nodes), default=0.0))
+
+
+def _dashboard_url() -> Optional[str]:
+    """host:port of the dashboard when this process was connected before (ray.init's
+    context.dashboard_url is the same value: the node's address_info["webui_url"])."""
+    from ray._private import worker
+
+    node = getattr(worker, "_global_node", None)
+    return (node.address_info.get("webui_url") or None) if node is not None else None
+
+
+def token_auth_enabled() -> bool:
+    try:
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+        return bool(is_token_auth_enabled())
+    except ImportError:
+        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+
+
+def dashboard_help(cluster: Cluster, requested: bool = True) -> str:
+    """How to open the dashboard: URL, token, SSH tunnel."""
+    if not cluster.dashboard_url:
+        if requested and cluster.started:
+            return "dashboard: not running (it needs ray[default])"
+        return "dashboard: off"
+    lines = [f"dashboard: {cluster.dashboard_url}"]
+    if token_auth_enabled():
+        lines.append("  token auth is on: the browser asks for the token printed by "
+                     "`ray get-auth-token` (stored in ~/.ray/auth_token); HTTP clients send "
+                     "'Authorization: Bearer <token>'")
+    host_port = cluster.dashboard_url.split("://", 1)[1]
+    host, _, port = host_port.rpartition(":")
+    if host in ("127.0.0.1", "localhost"):
+        lines.append(f"  from another machine: ssh -L {port}:127.0.0.1:{port} user@<this host>, "
+                     f"then open http://127.0.0.1:{port}")
+    else:
+        lines.append(f"  warning: the dashboard listens on {host}, not only on this machine; "
+                     "its job API runs arbitrary code for whoever reaches it")
+    return "\n".join(lines)
+
+
+def trial_resources(cpu: float, gpu: Union[float, str], cluster: Cluster,
+                    concurrency: int) -> TrialResources:
+    """Per-trial CPUs and GPUs, checked against the cluster.
+
+    gpu "auto": CPU-only when the cluster has no GPUs; otherwise the concurrent trials are
+    spread over the GPUs, sharing one GPU among at most MAX_TRIALS_PER_GPU trials:
+    gpu = 1 / min(MAX_TRIALS_PER_GPU, ceil(concurrency / GPUs)). `concurrency` is the number
+    of trials that can run at once (max_concurrent, num_samples and CPUs permitting).
+    """
+    gpus = cluster.resources.get("GPU", 0.0)
+    if cpu > cluster.max_node_cpus:
+        raise ResourceError(f"resources.cpu={cpu:g} per trial, but the largest node has "
+                            f"{cluster.max_node_cpus:g} CPUs")
+    if gpu == "auto":
+        if gpus == 0:
+            return TrialResources(cpu=cpu, gpu=0.0)
+        share = min(MAX_TRIALS_PER_GPU, max(1, math.ceil(concurrency / gpus)))
+        return TrialResources(cpu=cpu, gpu=1.0 / share)
+    gpu = float(gpu)
+    if gpu > 0 and gpus == 0:
+        raise ResourceError(f"resources.gpu={gpu:g} per trial, but the Ray cluster has no GPUs "
+                            "(use gpu: 0 or --gpus-per-trial auto)")
+    if gpu > cluster.max_node_gpus:
+        raise ResourceError(f"resources.gpu={gpu:g} per trial, but the largest node has "
+                            f"{cluster.max_node_gpus:g} GPUs")
+    if gpu > 1 and not gpu.is_integer():
+        raise ResourceError(f"resources.gpu={gpu:g}: a trial takes a fraction of one GPU or a "
+                            "whole number of GPUs")
+    return TrialResources(cpu=cpu, gpu=gpu)
+
+
+def concurrency(num_samples: int, max_concurrent: Optional[int], cpu: float,
+                cluster: Cluster) -> int:
+    """How many trials can run at once: samples, the concurrency limit and CPUs permitting."""
+    by_cpu = max(1, int(cluster.resources.get("CPU", 1.0) // cpu))
+    return max(1, min(num_samples, max_concurrent or num_samples, by_cpu))

@@ -1,0 +1,179 @@
+"""End to end, in subprocesses as a user runs them: the CI smoke sweep with the real trainable,
+and an interrupted sweep (Ctrl-C, then a driver killed with SIGKILL) resumed twice.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FINISHED = ("completed", "early_stopped", "diverged", "error")
+# A driver running the launcher with the fake trainable of tests/fakes.py (1 s per epoch).
+DRIVER = ("import sys; sys.path[:0] = ['tests']; import fakes; from search.run import main; "
+          "sys.exit(main(sys.argv[1:], trainable=fakes.fake_slow))")
+
+
+def read(path):
+    return json.loads(Path(path).read_text())
+
+
+def check_histories(exp, trials):
+    for t in trials.values():
+        rows = read(exp / t["dir"] / "history.json")
+        assert [r["epoch"] for r in rows] == list(range(1, t["epochs"] + 1)), t["dir"]
+
+
+@pytest.mark.slow
+def test_smoke_sweep(tmp_path, synth_root):
+    """spaces/smoke.yaml: 4 tiny trials of 4 epochs, ASHA grace 1 rf 2, in < 3 minutes."""
+    start = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "spaces/smoke.yaml",
+         "--storage", str(tmp_path / "runs"), "--data", str(synth_root)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    elapsed = time.monotonic() - start
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert elapsed < 180, f"smoke sweep took {elapsed:.0f} s"
+    exp = tmp_path / "runs" / "smoke"
+    trials = read(exp / "trials.json")
+    assert len(trials) == 4
+    assert all(t["status"] in ("completed", "early_stopped") for t in trials.values())
+    stopped = [t for t in trials.values() if t["status"] == "early_stopped"]
+    assert stopped and all(t["optuna_state"] == "PRUNED" and t["epochs"] < 4 for t in stopped)
+    assert all(t["optuna_state"] == "COMPLETE" and t["epochs"] == 4
+               for t in trials.values() if t["status"] == "completed")
+    check_histories(exp, trials)
+    study = {t["ray_trial_id"]: t for t in read(exp / "optuna_trials.json")}
+    assert {tid: t["state"] for tid, t in study.items()} == {
+        tid: t["optuna_state"] for tid, t in trials.items()}
+    pruned = [t for t in study.values() if t["state"] == "PRUNED"]
+    assert all(t["intermediate_values"] for t in pruned)  # TPE ranks them by these
+    sweep = read(exp / "sweep.json")
+    assert sweep["finished"] and sweep["name"] == "smoke"
+    best = max(trials.values(), key=lambda t: t["best_val_psnr"])
+    assert f"best val_psnr {best['best_val_psnr']:.4g} in {exp / best['dir']}" in run.stdout
+    assert "Trial status" not in run.stdout  # Ray's own progress output stays off
+    if importlib.util.find_spec("analysis.report") is not None:
+        assert "report: " in run.stdout
+
+
+SPACE = """
+name: resumed
+num_samples: 6
+max_concurrent: 2
+seed: 1
+base: {preset: tiny, epochs: 4}
+params:
+  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+  kl_anneal: {type: categorical, choices: [monotonic, cyclical]}
+  kl_anneal_cycle: {type: int, low: 1, high: 4, when: {kl_anneal: cyclical}}
+asha: {grace_period: 1, reduction_factor: 2}
+resources: {cpu: 1, gpu: 0}
+"""
+
+
+class Driver:
+    """The launcher with the fake trainable in its own process group."""
+
+    def __init__(self, tmp_path, *extra):
+        self.log = tmp_path / f"driver{len(list(tmp_path.glob('driver*.log')))}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", DRIVER, "--space", str(tmp_path / "resumed.yaml"),
+             "--storage", str(tmp_path / "runs"), "--no-dashboard", "--no-report", *extra],
+            cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+    def output(self):
+        return self.log.read_text()
+
+    def wait_until(self, exp, finished, timeout=120):
+        """Poll until trials.json lists `finished` ended trials and another trial has results
+        (a history.json)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            assert self.proc.poll() is None, self.output()[-3000:]
+            try:
+                trials = read(exp / "trials.json")
+            except (FileNotFoundError, json.JSONDecodeError):
+                trials = {}
+            done = {tid for tid, t in trials.items() if t["status"] in FINISHED}
+            running = [p for p in exp.glob("t*_*/history.json")
+                       if p.parent.name.split("_", 1)[1] not in done]
+            if len(done) >= finished and running:
+                return
+            time.sleep(0.1)
+        raise TimeoutError(self.output()[-3000:])
+
+    def kill(self):
+        """SIGKILL the driver, then whatever of its Ray processes outlived it."""
+        self.proc.kill()
+        self.proc.wait()
+        time.sleep(1)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def snapshot(exp, trials):
+    """Finished trials: record, history and result.json of each."""
+    return {tid: (t, read(exp / t["dir"] / "history.json"),
+                  (exp / t["dir"] / "result.json").read_text())
+            for tid, t in trials.items() if t["status"] in FINISHED}
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_losing_or_repeating_trials(tmp_path):
+    (tmp_path / "resumed.yaml").write_text(textwrap.dedent(SPACE))
+    exp = tmp_path / "runs" / "resumed"
+
+    # 1. Ctrl-C (SIGINT to the process group, as a terminal sends it, Ray's processes
+    # included): Tune stops the trials and saves; the launcher says how to continue.
+    first = Driver(tmp_path)
+    first.wait_until(exp, finished=1)
+    os.killpg(first.proc.pid, signal.SIGINT)
+    assert first.proc.wait(timeout=60) == 130, first.output()[-3000:]
+    first.kill()  # Ray processes that outlived the driver, if any
+    assert "interrupted; continue with: " in first.output()
+    before = snapshot(exp, read(exp / "trials.json"))
+    assert read(exp / "sweep.json")["finished"] is False
+
+    # 2. Resume, then SIGKILL the driver once more trials have finished.
+    second = Driver(tmp_path, "--resume")
+    second.wait_until(exp, finished=len(before) + 1)
+    second.kill()
+    after_kill = snapshot(exp, read(exp / "trials.json"))
+    for tid, old in before.items():
+        assert after_kill[tid] == old
+    assert not any(f"{old[0]['dir'].split('_')[0]:<4} started" in second.output()
+                   or f"{old[0]['dir'].split('_')[0]:<4} resumed" in second.output()
+                   for old in before.values())
+
+    # 3. Resume to the end: every finished trial kept as it was, none lost, none repeated.
+    third = Driver(tmp_path, "--resume")
+    assert third.proc.wait(timeout=180) == 0, third.output()[-3000:]
+    final = read(exp / "trials.json")
+    assert len(final) == 6
+    assert all(t["status"] in FINISHED for t in final.values())
+    for tid, old in after_kill.items():
+        assert (final[tid], read(exp / final[tid]["dir"] / "history.json"),
+                (exp / final[tid]["dir"] / "result.json").read_text()) == old
+        name = old[0]["dir"].split("_")[0]
+        assert f"{name:<4} started" not in third.output()
+        assert f"{name:<4} resumed" not in third.output()
+    check_histories(exp, final)
+    assert sorted(p.name for p in exp.glob("t*_*") if p.is_dir()) == sorted(
+        t["dir"] for t in final.values())  # no orphaned trial directories
+    study = read(exp / "optuna_trials.json")
+    assert len(study) == 6 and all(t["state"] != "RUNNING" for t in study)
+    sweep = read(exp / "sweep.json")
+    assert sweep["finished"] is True
