@@ -186,8 +186,8 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
 
     print(describe(space), flush=True)
     data = space.base.get("data")
-    if not (args.address or os.environ.get("RAY_ADDRESS") or args.resume):
-        try:  # a local sweep: the data is prepared here, once (on clusters each node does it)
+    if trainable is None and not (args.address or os.environ.get("RAY_ADDRESS") or args.resume):
+        try:  # a local CVAE sweep: the data is prepared here, once (on clusters, by each node)
             data = prepare_data(data)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
