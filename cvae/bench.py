@@ -117,7 +117,7 @@ def bench_model(args: argparse.Namespace) -> dict:
 def bench_loader(args: argparse.Namespace) -> dict:
     from cvae.data import BairDataset, N_FRAMES, resolve_root
 
-    ds = BairDataset(resolve_root(args.data), "train", args.seq_len)
+    ds = BairDataset(resolve_root(args.data), args.split, args.seq_len)
     rng = np.random.default_rng(0)
     ds.batch(rng.integers(len(ds), size=args.batch), np.zeros(args.batch, int))  # warm-up
     start, n = time.perf_counter(), 0
@@ -126,7 +126,7 @@ def bench_loader(args: argparse.Namespace) -> dict:
         ds.batch(idx, rng.integers(N_FRAMES - args.seq_len + 1, size=args.batch))
         n += args.batch
     elapsed = time.perf_counter() - start
-    return {"data": str(ds.arrays.split), "sequences": len(ds), "batch": args.batch,
+    return {"data": args.data, "split": args.split, "sequences": len(ds), "batch": args.batch,
             "seq_len": args.seq_len, "sequences_per_s": n / elapsed,
             "threads": torch.get_num_threads()}
 
@@ -135,7 +135,13 @@ def run(args: argparse.Namespace) -> int:
     if not 2 <= args.seq_len <= 30:
         print(f"error: --seq-len {args.seq_len}: expected 2..30", file=sys.stderr)
         return 2
-    result = bench_loader(args) if args.data else bench_model(args)
+    from cvae.data import DataError
+
+    try:
+        result = bench_loader(args) if args.data else bench_model(args)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.data:
@@ -179,6 +185,8 @@ def register(subparsers) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also time the per-timestep reference loop and the encoder+decoder floor")
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="time the data loader on DIR's train split instead of the model")
+                   help="time the data loader on DIR instead of the model")
+    p.add_argument("--split", default="train", choices=["train", "validate", "test"],
+                   help="split the loader reads with --data (default: train)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)

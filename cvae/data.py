@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cvae.synth import default_cache_dir, ensure_synthetic
+
 SPLITS = ("train", "validate", "test")
 N_FRAMES = 30  # frames per BAIR sequence
 IMAGE_SIZE = 64
@@ -109,17 +111,12 @@ def read_sequence(seq_dir: Path, n_frames: int = N_FRAMES) -> tuple[np.ndarray, 
 
 # ----------------------------------------------------------------------------- decoded cache
 
-def cache_root() -> Path:
-    """`$CVAE_CACHE`, else ~/.cache/cvae-sweeps: synthetic data and caches of read-only data."""
-    return Path(os.environ.get("CVAE_CACHE") or Path.home() / ".cache" / "cvae-sweeps")
-
-
 def _cache_dir(root: Path) -> Path:
     """The decoded cache of a dataset root: beside the data, in the user cache, so data
     folders (possibly read-only or shared) are never written to."""
     root = Path(root).resolve()
     digest = hashlib.sha1(str(root).encode()).hexdigest()[:12]
-    return cache_root() / "decoded" / f"{root.name}-{digest}"
+    return default_cache_dir() / "decoded" / f"{root.name}-{digest}"
 
 
 def _fingerprint(root: Path, dirs: Sequence[Path]) -> str:
@@ -215,7 +212,6 @@ class CondStats:
 def resolve_root(data: Optional[str]) -> Path:
     """The dataset root: the given folder, or the embedded synthetic data (generated once)."""
     if data is None:
-        from cvae.synth import ensure_synthetic
         return ensure_synthetic()
     root = Path(data).expanduser()
     if not root.is_dir():

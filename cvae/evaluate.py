@@ -144,6 +144,12 @@ def _print_result(r: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cvae.data import N_FRAMES
+
+    if min(args.n_past, args.n_future, args.samples) < 1 or args.n_past + args.n_future > N_FRAMES:
+        print(f"error: --n-past {args.n_past} --n-future {args.n_future} --samples {args.samples}:"
+              f" expected n_past + n_future <= {N_FRAMES} frames, each >= 1", file=sys.stderr)
+        return 2
     try:
         result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split,
                                      n_past=args.n_past, n_future=args.n_future,

@@ -628,6 +628,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--seed", type=_count, default=0, help="dataset seed (default 0)")
     p.add_argument("--workers", type=_positive, default=None,
                    help="generator processes (default: all available cores)")
+    p.add_argument("--strip", default=None, metavar="PNG",
+                   help="also save every third frame of the first training sequence as a "
+                        "picture strip (the README's picture)")
     p.set_defaults(func=run)
 
 
@@ -643,4 +646,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"synth: wrote {stats['sequences']} sequences to {stats['path']} in "
           f"{stats['elapsed_s']:.1f}s, {stats['disk_bytes'] / 1e6:.1f} MB on disk, "
           f"{100 * stats['push_fraction']:.0f}% with pushes", file=sys.stderr)
+    if args.strip:
+        from cvae.visualize import save_strip
+
+        frames = simulate(sequence_rng(args.seed, "train", 0)).frames
+        print(f"synth: strip of train sequence 0: {save_strip(args.strip, frames, every=3)}",
+              file=sys.stderr)
     return 0

@@ -98,12 +98,15 @@ class SweepCallback(Callback):
         max_t: epochs of a full-length trial.
         searcher, scheduler: read for Optuna states and ASHA rung records.
         table_every_s: seconds between compact tables (0 = never).
+        when: conditions of conditional parameters ({name: {parent: [values]}}); an inactive
+            parameter shows as '-' instead of the base value the trial runs with.
     """
 
     def __init__(self, *, searched: list[str], metric: str, mode: str, max_t: int,
                  searcher: "SweepSearcher", scheduler: "SweepScheduler",
-                 table_every_s: float = 60.0):
+                 table_every_s: float = 60.0, when: Optional[dict[str, dict]] = None):
         self.searched = searched
+        self.when = when or {}
         self.metric = metric
         self.mode = mode
         self.max_t = max_t
@@ -128,8 +131,7 @@ class SweepCallback(Callback):
         record = self._record(trial)
         resumed = record["epochs"] > 0
         record["status"] = "running"
-        params = "  ".join(f"{self._short(k)}={_fmt(trial.config.get(k))}"
-                           for k in self.searched if k in trial.config)
+        params = "  ".join(f"{self._short(k)}={_fmt(v)}" for k, v in record["params"].items())
         what = f"resumed at epoch {record['epochs']}" if resumed else "started"
         self._say(trial, f"{what:<18} {params}")
         self._changed = True
@@ -233,7 +235,9 @@ class SweepCallback(Callback):
             self.records[trial.trial_id] = {
                 "dir": trial.storage.trial_dir_name, "status": "pending", "epochs": 0,
                 "best_val_psnr": None, "optuna_state": None, "name": trial_name(trial),
-                "params": {k: trial.config.get(k) for k in self.searched},
+                "params": {k: trial.config.get(k) for k in self.searched
+                           if all(trial.config.get(parent) in values
+                                  for parent, values in self.when.get(k, {}).items())},
                 "best": None, "last": None}
         return self.records[trial.trial_id]
 

@@ -413,13 +413,14 @@ def components(space: Space, table_every_s: float = TABLE_EVERY_S):
     rank_on = scheduler_metric(space)
     searcher = SweepSearcher(define_by_run(space), metric=space.metric, mode=space.mode,
                              report_metric=rank_on, max_t=space.asha["max_t"],
-                             sampler=make_sampler(space.seed),
+                             sampler=make_sampler(space.seed, space.num_samples),
                              points_to_evaluate=space.points_to_evaluate or None)
     scheduler = SweepScheduler(metric=rank_on, mode=space.mode, max_t=space.asha["max_t"],
                                grace_period=space.asha["grace_period"],
                                reduction_factor=space.asha["reduction_factor"],
                                brackets=space.asha["brackets"])
     callback = SweepCallback(searched=[p.name for p in space.params], metric=space.metric,
+                             when={p.name: p.when for p in space.params if p.when},
                              mode=space.mode, max_t=space.asha["max_t"], searcher=searcher,
                              scheduler=scheduler, table_every_s=table_every_s)
     scheduler.after_save = callback.flush

@@ -159,3 +159,11 @@ def test_searcher_state_survives_save_and_restore(tmp_path):
     restored.on_trial_complete("t1", row(4, 21.0, 21.0))
     assert restored.study.trials[1].state == TrialState.COMPLETE
     assert restored.study.trials[1].value == 21.0
+
+
+def test_small_sweeps_get_tpe_proposals():
+    """Optuna's default of 10 random startup trials would make a 10-trial sweep random search."""
+    from search.searcher import make_sampler, startup_trials
+
+    assert startup_trials(10) == 3 and startup_trials(40) == 10 and startup_trials(4) == 3
+    assert make_sampler(0, 10)._n_startup_trials == 3
