@@ -289,8 +289,8 @@ def finish(sweep: SweepResult, space: Space, resume_command: str, report: bool) 
     else:
         path, value, config = best
         print(f"best {space.metric} {value:.4g} in {path}")
-        print("best config: " + ", ".join(f"{p.name}={config[p.name]!r}"
-                                          for p in space.params if p.name in config))
+        print("best config: " + ", ".join(f"{p.name}={config[p.name]!r}" for p in space.params
+                                          if p.name in config and p.active(config)))
     print(f"results: {sweep.path}")
     if report:
         return build_report(sweep.path)

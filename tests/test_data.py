@@ -142,3 +142,14 @@ def test_check_data_lists_every_bad_sequence(bair_sample, tmp_path, capsys):
     assert main(["check-data", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "2 problem(s)" in out and "traj/1/7.png" in out and "traj/3/actions.csv" in out
+
+
+def test_check_data_passes_on_generated_synthetic_data(synth_root, capsys):
+    report = check_data(synth_root)
+    assert report["problems"] == []
+    assert {s: i["sequences"] for s, i in report["splits"].items()} == \
+        {"train": 24, "validate": 8, "test": 8}
+    assert main(["check-data", str(synth_root)]) == 0
+    assert capsys.readouterr().out.strip().endswith("ok")
+    frames, conds = BairDataset(synth_root, "train", seq_len=12)[3]
+    assert frames.shape == (12, 3, 64, 64) and conds.shape == (12, 7)
