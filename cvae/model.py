@@ -82,19 +82,17 @@ def _zero_state(x: torch.Tensor, layers: int, size: int) -> LSTMState:
     return [(x.new_zeros(x.shape[0], size), x.new_zeros(x.shape[0], size)) for _ in range(layers)]
 
 
-class LSTM(nn.Module):
-    """Frame predictor: linear embed, stacked LSTMCells, linear + BN + tanh output."""
+class StackedLSTM(nn.Module):
+    """Linear embed followed by stacked LSTMCells; state is passed in and returned."""
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int):
+    def __init__(self, input_size: int, hidden_size: int, n_layers: int):
         super().__init__()
         self.hidden_size, self.n_layers = hidden_size, n_layers
         self.embed = nn.Linear(input_size, hidden_size)
         self.lstm = nn.ModuleList(nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers))
-        self.output = nn.Sequential(nn.Linear(hidden_size, output_size),
-                                    nn.BatchNorm1d(output_size), nn.Tanh())
 
     def step(self, x: torch.Tensor, state: Optional[LSTMState]) -> tuple[torch.Tensor, LSTMState]:
-        """The LSTM part of one step: (B, input_size) -> top hidden (B, hidden_size)."""
+        """One step: (B, input_size) -> top hidden (B, hidden_size), new state."""
         state = state or _zero_state(x, self.n_layers, self.hidden_size)
         h, new_state = self.embed(x), []
         for cell, s in zip(self.lstm, state):
@@ -103,31 +101,32 @@ class LSTM(nn.Module):
             h = s[0]
         return h, new_state
 
+
+class LSTM(StackedLSTM):
+    """Frame predictor: linear embed, stacked LSTMCells, linear + BN + tanh output."""
+
+    def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int):
+        super().__init__(input_size, hidden_size, n_layers)
+        self.output = nn.Sequential(nn.Linear(hidden_size, output_size),
+                                    nn.BatchNorm1d(output_size), nn.Tanh())
+
     def forward(self, x: torch.Tensor, state: Optional[LSTMState] = None):
         h, state = self.step(x, state)
         return self.output(h), state
 
 
-class GaussianLSTM(nn.Module):
+class GaussianLSTM(StackedLSTM):
     """q(z_t | .) or p(z_t | .): LSTM with mu / logvar heads and the reparameterization trick."""
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int, n_layers: int):
-        super().__init__()
-        self.hidden_size, self.n_layers = hidden_size, n_layers
-        self.embed = nn.Linear(input_size, hidden_size)
-        self.lstm = nn.ModuleList(nn.LSTMCell(hidden_size, hidden_size) for _ in range(n_layers))
+        super().__init__(input_size, hidden_size, n_layers)
         self.mu_net = nn.Linear(hidden_size, output_size)
         self.logvar_net = nn.Linear(hidden_size, output_size)
 
     def forward(self, x: torch.Tensor, state: Optional[LSTMState] = None):
-        state = state or _zero_state(x, self.n_layers, self.hidden_size)
-        h, new_state = self.embed(x), []
-        for cell, s in zip(self.lstm, state):
-            s = cell(h, s)
-            new_state.append(s)
-            h = s[0]
+        h, state = self.step(x, state)
         mu, logvar = self.mu_net(h), self.logvar_net(h)
-        return reparameterize(mu, logvar), mu, logvar, new_state
+        return reparameterize(mu, logvar), mu, logvar, state
 
 
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
