@@ -57,6 +57,7 @@ class Config:
     amp: str = "auto"  # bf16 autocast: "auto" (on for CUDA), "on", "off"
     channels_last: str = "auto"  # "auto" (on for CPU), "on", "off"
     threads: int = 0  # torch threads; 0 = leave torch's default
+    gpu_memory_fraction: float = 0.0  # cap of this process's GPU memory share; 0 = no cap
     num_workers: int = 0  # DataLoader worker processes
     gif_every: int = 0  # write a sample GIF every N epochs during `cvae train`; 0 = only at the end
 
@@ -110,6 +111,7 @@ def validate(cfg: Config) -> None:
     need(cfg.amp in ("auto", "on", "off"), "amp", "'auto', 'on' or 'off'")
     need(cfg.channels_last in ("auto", "on", "off"), "channels_last", "'auto', 'on' or 'off'")
     need(cfg.val_sequences >= 0, "val_sequences", "an integer >= 0")
+    need(0 <= cfg.gpu_memory_fraction <= 1, "gpu_memory_fraction", "a number in [0, 1]")
 
 
 def from_dict(values: dict[str, Any], base: Optional[Config] = None) -> Config:

@@ -56,6 +56,8 @@ class Trainer:
         self.channels_last = _flag(cfg.channels_last, not cuda)
         if cuda:
             torch.backends.cudnn.benchmark = True
+            if cfg.gpu_memory_fraction > 0:  # fractional GPU trials share memory unisolated
+                torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)  # batches, windows, teacher-forcing coins
         root = resolve_root(cfg.data)

@@ -366,7 +366,8 @@ def run_sweep(space: Space, *, resources: Any, trainable: Optional[Callable] = N
         limited = (tune.search.ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
                    if space.max_concurrent else searcher)
         param_space = {**trial_config(space, {}), "device": resources.device,
-                       "threads": resources.threads}
+                       "threads": resources.threads,
+                       "gpu_memory_fraction": resources.gpu if 0 < resources.gpu < 1 else 0.0}
         if data is not None:
             param_space["data"] = data
         tuner = Tuner(

@@ -236,6 +236,7 @@ def test_sweep_outcomes(fast_sweep):
         assert [r["epoch"] for r in rows] == list(range(1, t["epochs"] + 1))
         params = read(fast_sweep.exp / t["dir"] / "params.json")
         assert params["device"] == "cpu" and params["threads"] == 1
+        assert params["gpu_memory_fraction"] == 0.0  # only fractional GPU trials are capped
         assert "preset" not in params and params["epochs"] == 4
     expected_state = {"completed": "COMPLETE", "early_stopped": "PRUNED",
                       "diverged": "COMPLETE"}
