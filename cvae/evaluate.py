@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cvae.data import BairDataset, DataError, resolve_root
+from cvae.data import N_FRAMES, BairDataset, DataError, resolve_root
 from cvae.metrics import psnr, ssim
 
 
@@ -144,8 +144,6 @@ def _print_result(r: dict) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvae.data import N_FRAMES
-
     if min(args.n_past, args.n_future, args.samples) < 1 or args.n_past + args.n_future > N_FRAMES:
         print(f"error: --n-past {args.n_past} --n-future {args.n_future} --samples {args.samples}:"
               f" expected n_past + n_future <= {N_FRAMES} frames, each >= 1", file=sys.stderr)
