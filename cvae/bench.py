@@ -31,7 +31,7 @@ def reference_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing
     skip = None
     for i in range(1, x.shape[1]):
         h, s = model.encoder(x_in)
-        if i <= model.n_past:
+        if i <= model.n_past or model.last_frame_skip:
             skip = s
         h_target, _ = model.encoder(x[:, i])
         z, mu, logvar, post_state = model.posterior(h_target, post_state)
@@ -45,10 +45,9 @@ def reference_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing
 
 def floor_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
     """Encoder over all B*T frames and decoder over all B*(T-1) predicted frames, batched."""
-    b, t = x.shape[:2]
-    h, skips = model.encode(x)
-    x_pred = model.decoder(h[:, :-1].flatten(0, 1), [s[:, :-1].flatten(0, 1) for s in skips])
-    return (x_pred.unflatten(0, (b, t - 1)) - x[:, 1:]).pow(2).mean(), h.new_zeros(())
+    h, skips = model.encode(x)  # (T, B, g); skips (T, B, c, s, s)
+    x_pred = model.decoder(h[:-1].flatten(0, 1), [s[:-1].flatten(0, 1) for s in skips])
+    return (x_pred - x[:, 1:].transpose(0, 1).flatten(0, 1)).pow(2).mean(), h.new_zeros(())
 
 
 def project_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
@@ -60,22 +59,29 @@ STEPS: dict[str, Callable] = {"project": project_step, "reference": reference_st
                               "floor": floor_step}
 
 
-def time_steps(step: Callable, model: SVG, x, c, tf: bool, steps: int, warmup: int) -> list[float]:
-    """Seconds per forward + backward + Adam update, after `warmup` untimed steps."""
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    times = []
+def time_steps(runs: dict[str, tuple[Callable, SVG]], x, c, tf: bool, steps: int,
+               warmup: int) -> dict[str, list[float]]:
+    """Seconds per forward + backward + Adam update of each (step, model), after `warmup`
+    untimed steps. The runs take turns step by step, so that a machine slowing down or
+    speeding up (shared hosts do) affects them alike."""
+    opts = {name: torch.optim.Adam(model.parameters(), lr=1e-4)
+            for name, (_, model) in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for i in range(warmup + steps):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        mse, kld = step(model, x, c, tf)
-        opt.zero_grad(set_to_none=True)
-        (mse + 1e-4 * kld).backward()
-        opt.step()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        for name, (step, model) in runs.items():
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            mse, kld = step(model, x, c, tf)
+            opts[name].zero_grad(set_to_none=True)
+            (mse + 1e-4 * kld).backward()
+            opts[name].step()
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+        print(f"  step {i + 1}/{warmup + steps}" + (" (warm-up)" if i < warmup else ""),
+              file=sys.stderr, flush=True)
     return times
 
 
@@ -92,20 +98,18 @@ def bench_model(args: argparse.Namespace) -> dict:
     result = {"preset": args.preset, "width": cfg.width, "batch": args.batch,
               "seq_len": args.seq_len, "teacher_forcing": tf, "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": {}}
-    variants = [("project", args.channels_last)]
-    if args.compare:
-        variants += [("reference", False), ("floor", args.channels_last)]
-    for name, channels_last in variants:
-        model = SVG(cfg).to(device)
-        memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        model = model.to(memory_format=memory_format)
-        result["parameters"] = sum(p.numel() for p in model.parameters())
-        print(f"timing {name} ({args.steps} steps after {args.warmup} warm-up)...",
-              file=sys.stderr)
-        times = time_steps(STEPS[name], model, x, c, tf, args.steps, args.warmup)
-        s = statistics.median(times)
+    names = ["project", "reference", "floor"] if args.compare else ["project"]
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    runs = {name: (STEPS[name], SVG(cfg).to(device).to(memory_format=memory_format))
+            for name in names}
+    result["parameters"] = sum(p.numel() for p in runs["project"][1].parameters())
+    print(f"timing {', '.join(names)} ({args.steps} steps each after {args.warmup} warm-up, "
+          f"taking turns)...", file=sys.stderr)
+    times = time_steps(runs, x, c, tf, args.steps, args.warmup)
+    for name in names:
+        s = statistics.median(times[name])
         result["runs"][name] = {"s_per_step": s, "frames_per_s": args.batch * args.seq_len / s,
-                                "channels_last": channels_last, "times": times}
+                                "channels_last": args.channels_last, "times": times[name]}
     runs = result["runs"]
     if args.compare:
         result["speedup_vs_reference"] = (runs["reference"]["s_per_step"]
@@ -180,8 +184,8 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: 0 = torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                   help="channels_last memory format for the project's step (default: on)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels_last memory format for every model timed (default: off)")
     p.add_argument("--compare", action="store_true",
                    help="also time the per-timestep reference loop and the encoder+decoder floor")
     p.add_argument("--data", default=None, metavar="DIR",

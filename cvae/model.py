@@ -11,9 +11,10 @@ Shapes: frames (B, T, 3, 64, 64), conditions (B, T, cond_dim), encodings (B, T, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cvae.config import Config
@@ -55,8 +56,26 @@ class Encoder(nn.Module):
         return h5.flatten(1), [h1, h2, h3, h4]
 
 
+def upsampled_conv_weight(w: torch.Tensor) -> torch.Tensor:
+    """3x3 conv weight (C_out, C_in, 3, 3) -> the conv_transpose2d weight (C_in, C_out, 4, 4)
+    that computes, with stride 2 and padding 1 on the small map, the 3x3 conv (padding 1) of
+    its nearest 2x upsampling: 2.25x fewer multiply-adds. Along each axis the small map's row
+    r-1 meets output row 2r through tap 0 and row r through taps 1 + 2; row 2r+1 sees row r
+    through taps 0 + 1 and row r+1 through tap 2: 4x4 taps (2, 1+2, 0+1, 0)."""
+    def along(w: torch.Tensor, dim: int) -> torch.Tensor:
+        a, b, c = w.unbind(dim)
+        return torch.stack([c, b + c, a + b, a], dim)
+
+    return along(along(w, 2), 3).transpose(0, 1)
+
+
 class Decoder(nn.Module):
-    """Mirror of the encoder: g_dim vector + skips -> 64x64 frame in [0, 1] (sigmoid)."""
+    """Mirror of the encoder: g_dim vector + skips -> 64x64 frame in [0, 1] (sigmoid).
+
+    Each up block starts with conv3x3(cat([upsample(d), skip])). Its two halves are computed
+    apart, which is the same sum: the upsampled half as one transposed convolution
+    (`upsampled_conv_weight`), the skip half by `skip_terms`, once per distinct skip map, so
+    that steps sharing the last context frame's skips share that work."""
 
     def __init__(self, g_dim: int, width: float = 1.0, nc: int = 3):
         super().__init__()
@@ -68,14 +87,47 @@ class Decoder(nn.Module):
         self.upc4 = nn.Sequential(vgg_layer(c2 * 2, c2), vgg_layer(c2, c1))
         self.upc5 = nn.Sequential(vgg_layer(c1 * 2, c1), nn.ConvTranspose2d(c1, nc, 3, 1, 1),
                                   nn.Sigmoid())
-        self.up = nn.UpsamplingNearest2d(scale_factor=2)
+
+    def _blocks(self) -> tuple[nn.Sequential, ...]:
+        return self.upc2, self.upc3, self.upc4, self.upc5
+
+    def split_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per up block, the first convolution's weight split into its two halves: the
+        upsampled input's as a transposed-conv weight, and the skip map's. Computing them once
+        per training step (not per decoded step) keeps their cost and backward out of
+        step-by-step loops."""
+        halves = []
+        for block in self._blocks():
+            w = block[0][0].weight  # (C_out, 2 C, 3, 3): upsampled input's C, then the skip's
+            c = w.shape[1] // 2
+            halves.append((upsampled_conv_weight(w[:, :c]), w[:, c:]))
+        return halves
+
+    def skip_terms(self, skips: list[torch.Tensor],
+                   weights: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+                   ) -> list[torch.Tensor]:
+        """The skip maps' share of each up block's first convolution, in the order the blocks
+        use them: (N, c4, 8, 8), (N, c3, 16, 16), (N, c2, 32, 32), (N, c1, 64, 64)."""
+        weights = weights or self.split_weights()
+        return [F.conv2d(s, w_skip, padding=1) for (_, w_skip), s in zip(weights, skips[::-1])]
+
+    def decode(self, h: torch.Tensor, terms: list[torch.Tensor],
+               add: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.add,
+               weights: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+               ) -> torch.Tensor:
+        """(N, g_dim) + skip terms -> (N, 3, 64, 64). `add(y, term)` adds a block's skip term
+        to its upsampled half y (N, C, s, s); the default needs one term per row."""
+        weights = weights or self.split_weights()
+        d = self.upc1(h[:, :, None, None])  # (N, c4, 4, 4)
+        for block, (w_up, _), term in zip(self._blocks(), weights, terms):
+            # (N, C, 2s, 2s)
+            y = F.conv_transpose2d(d, w_up, block[0][0].bias, stride=2, padding=1)
+            d = block[1:](block[0][2](block[0][1](add(y, term))))  # BN, LeakyReLU, rest
+        return d
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
-        d1 = self.upc1(h[:, :, None, None])  # (N, c4, 4, 4)
-        d2 = self.upc2(torch.cat([self.up(d1), skips[3]], 1))  # (N, c3, 8, 8)
-        d3 = self.upc3(torch.cat([self.up(d2), skips[2]], 1))  # (N, c2, 16, 16)
-        d4 = self.upc4(torch.cat([self.up(d3), skips[1]], 1))  # (N, c1, 32, 32)
-        return self.upc5(torch.cat([self.up(d4), skips[0]], 1))  # (N, 3, 64, 64)
+        weights = self.split_weights()
+        return self.decode(h, self.skip_terms(skips, weights), weights=weights)
 
 
 def _zero_state(x: torch.Tensor, layers: int, size: int) -> LSTMState:
@@ -186,12 +238,13 @@ class SVG(nn.Module):
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_rnn_layers)
                       if cfg.learned_prior else None)
 
-    # -------------------------------------------------------------- helpers over (B, T, ...)
+    # -------------------------------------------------------------- helpers over (T, B, ...)
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """All frames in one batched call: (B, T, 3, H, W) -> (B, T, g), skips (B, T, c, h, w)."""
+        """All frames in one batched call, time-major: (B, T, 3, H, W) -> (T, B, g) and skips
+        (T, B, c, s, s), so that one step's or the first k steps' rows are contiguous."""
         b, t = x.shape[:2]
-        h, skips = self.encoder(x.flatten(0, 1))
-        return h.unflatten(0, (b, t)), [s.unflatten(0, (b, t)) for s in skips]
+        h, skips = self.encoder(x.transpose(0, 1).flatten(0, 1))
+        return h.unflatten(0, (t, b)), [s.unflatten(0, (t, b)) for s in skips]
 
     def _kl(self, mu, logvar, h_prev, prior_state):
         if self.prior is None:
@@ -216,60 +269,69 @@ class SVG(nn.Module):
         """Every frame goes through the encoder once and the decoder runs once over all
         predicted steps; only the LSTMs step through time."""
         b, t = x.shape[:2]
-        h, skips = self.encode(x)  # (B, T, g); skips (B, T, c, s, s)
+        h, skips = self.encode(x)  # (T, B, g); skips (T, B, c, s, s)
         c = self.condition(cond)
         kld = x.new_zeros(())
         post_state = pred_state = prior_state = None
         tops = []
         for i in range(1, t):
-            z, mu, logvar, post_state = self.posterior(h[:, i], post_state)  # q(z_i | x_1:i)
-            kl, prior_state = self._kl(mu, logvar, h[:, i - 1], prior_state)
+            z, mu, logvar, post_state = self.posterior(h[i], post_state)  # q(z_i | x_1:i)
+            kl, prior_state = self._kl(mu, logvar, h[i - 1], prior_state)
             kld = kld + kl
             top, pred_state = self.frame_predictor.step(
-                torch.cat([c[:, i], h[:, i - 1], z], 1), pred_state)
+                torch.cat([c[:, i], h[i - 1], z], 1), pred_state)
             tops.append(top)
-        # output head (linear + BN + tanh) over all steps at once: (B * (T-1), g)
-        h_pred = self.frame_predictor.output(torch.stack(tops, 1).flatten(0, 1))
-        # skips of each step, (B, T-1, c, s, s): context steps use their input frame, later
-        # steps broadcast the last context frame's maps (expand, no gather)
-        k = t - 1 if self.last_frame_skip else self.n_past - 1
-        step_skips = [torch.cat([s[:, :k], s[:, k:k + 1].expand(-1, t - 1 - k, -1, -1, -1)], 1)
-                      if k < t - 1 else s[:, :t - 1] for s in skips]
-        x_pred = self.decoder(h_pred, [s.flatten(0, 1) for s in step_skips])
-        err = (x_pred.unflatten(0, (b, t - 1)) - x[:, 1:]).pow(2)
-        mse = err.mean(dim=(0, 2, 3, 4)).sum()  # sum over steps of per-step mean
+        # output head (linear + BN + tanh) over all steps at once: ((T-1) * B, g), step-major
+        h_pred = self.frame_predictor.output(torch.cat(tops))
+        # step j (predicting frame j+1) takes the skips of frame min(j, k): its input frame in
+        # the context (every frame with last_frame_skip), then the last context frame's. The
+        # skip terms of frames 0..k are computed once and broadcast over the steps sharing them.
+        k = t - 2 if self.last_frame_skip else min(self.n_past - 1, t - 2)
+        weights = self.decoder.split_weights()
+        terms = self.decoder.skip_terms([s[:k + 1].flatten(0, 1) for s in skips], weights)
+        n = k * b
+
+        def add(y: torch.Tensor, term: torch.Tensor) -> torch.Tensor:
+            # y ((T-1) * B, C, s, s); term ((k+1) * B, C, s, s); the last B rows of term
+            # (frame k) broadcast over steps k..T-2 viewed as (T-1-k, B, C, s, s)
+            rest = (y[n:].unflatten(0, (-1, b)) + term[n:]).flatten(0, 1)
+            return torch.cat([y[:n] + term[:n], rest]) if n else rest
+
+        x_pred = self.decoder.decode(h_pred, terms, add, weights).unflatten(0, (t - 1, b))
+        err = (x_pred - x[:, 1:].transpose(0, 1)).pow(2)  # (T-1, B, 3, 64, 64)
+        mse = err.mean(dim=(1, 2, 3, 4)).sum()  # sum over steps of per-step mean
         return StepOutput(mse, kld, t - 1)
 
     def rollout(self, x: torch.Tensor, cond: torch.Tensor, tf: torch.Tensor) -> StepOutput:
         """Step-by-step training pass; sequences with tf False get their own predictions as
-        input after the context. Ground-truth targets are encoded in one batched call."""
+        input after the context. Ground-truth frames are encoded in one batched call and the
+        context frames' skip terms in another."""
         b, t = x.shape[:2]
-        h, skips = self.encode(x)
+        h, skips = self.encode(x)  # (T, B, g); skips (T, B, c, s, s)
+        weights = self.decoder.split_weights()  # once for all steps
+        m = min(self.n_past, t - 1)
+        ctx_terms = self.decoder.skip_terms([s[:m].flatten(0, 1) for s in skips], weights)
         c = self.condition(cond)
         mse = kld = x.new_zeros(())
         post_state = pred_state = prior_state = None
-        h_in, skip = h[:, 0], [s[:, 0] for s in skips]
         keep = tf.view(b, 1)
         for i in range(1, t):
-            if i <= self.n_past:
-                h_in = h[:, i - 1]
-            if not self.last_frame_skip and i <= self.n_past:
-                skip = [s[:, i - 1] for s in skips]
-            z, mu, logvar, post_state = self.posterior(h[:, i], post_state)
+            if i <= self.n_past:  # context: ground-truth input frame i-1 and its skips
+                h_in, terms = h[i - 1], [g[(i - 1) * b:i * b] for g in ctx_terms]
+            z, mu, logvar, post_state = self.posterior(h[i], post_state)
             kl, prior_state = self._kl(mu, logvar, h_in, prior_state)
             kld = kld + kl
             h_pred, pred_state = self.frame_predictor(torch.cat([c[:, i], h_in, z], 1),
                                                       pred_state)
-            x_pred = self.decoder(h_pred, skip)
+            x_pred = self.decoder.decode(h_pred, terms, weights=weights)
             mse = mse + (x_pred - x[:, i]).pow(2).mean()
-            if i < t - 1 and i >= self.n_past:
+            if self.n_past <= i < t - 1:
                 h_own, skip_own = self.encoder(x_pred)
-                h_in = torch.where(keep, h[:, i], h_own)
+                h_in = torch.where(keep, h[i], h_own)
                 if self.last_frame_skip:
-                    skip = [torch.where(keep.view(b, 1, 1, 1), s[:, i], so)
-                            for s, so in zip(skips, skip_own)]
-            elif self.last_frame_skip:
-                skip = [s[:, i] for s in skips]
+                    terms = self.decoder.skip_terms(
+                        [torch.where(keep.view(b, 1, 1, 1), s[i], so)
+                         for s, so in zip(skips, skip_own)], weights)
         return StepOutput(mse, kld, t - 1)
 
     # -------------------------------------------------------------- generation
@@ -279,14 +341,16 @@ class SVG(nn.Module):
         conditions of every frame (B, n_past + n_future, C); z from the posterior over the
         context and from the prior afterwards. Returns (B, n_future, 3, 64, 64)."""
         n_past = x_ctx.shape[1]
-        h_ctx, skips = self.encode(x_ctx)
+        h_ctx, skips = self.encode(x_ctx)  # (n_past, B, g)
+        weights = self.decoder.split_weights()
+        terms = self.decoder.skip_terms([s[-1] for s in skips], weights)  # last context frame's
         c = self.condition(cond)
         post_state = pred_state = prior_state = None
-        h_in, skip = h_ctx[:, 0], [s[:, 0] for s in skips]
+        h_in = h_ctx[0]
         out = []
         for i in range(1, n_past + n_future):
             if i < n_past:
-                z, _, _, post_state = self.posterior(h_ctx[:, i], post_state)
+                z, _, _, post_state = self.posterior(h_ctx[i], post_state)
                 if self.prior is not None:
                     prior_state = self.prior(h_in, prior_state)[3]
             elif self.prior is not None:
@@ -296,13 +360,12 @@ class SVG(nn.Module):
             h_pred, pred_state = self.frame_predictor(torch.cat([c[:, i], h_in, z], 1),
                                                       pred_state)
             if i < n_past:
-                h_in = h_ctx[:, i]
-                skip = [s[:, i] for s in skips]
+                h_in = h_ctx[i]
                 continue
-            x_pred = self.decoder(h_pred, skip)
+            x_pred = self.decoder.decode(h_pred, terms, weights=weights)
             out.append(x_pred)
             if i < n_past + n_future - 1:
                 h_in, skip_own = self.encoder(x_pred)
                 if self.last_frame_skip:
-                    skip = skip_own
+                    terms = self.decoder.skip_terms(skip_own, weights)
         return torch.stack(out, 1)

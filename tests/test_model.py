@@ -84,6 +84,69 @@ def test_batched_teacher_forcing_equals_per_step_loop(last_frame_skip, learned_p
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+def plain_decode(dec, h, skips):
+    """The decoder written out as SVG's vgg_64 does it: upsample, concatenate, convolve."""
+    up = torch.nn.Upsample(scale_factor=2, mode="nearest")
+    d = dec.upc1(h[:, :, None, None])
+    for block, s in zip((dec.upc2, dec.upc3, dec.upc4, dec.upc5), reversed(skips)):
+        d = block(torch.cat([up(d), s], 1))
+    return d
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_decoder_equals_upsample_concat_convolve(channels_last):
+    """Transposed-conv upsampling and split skip terms compute SVG's decoder, values and
+    gradients (eval-mode BN: in train mode the gradient of a bias before BN is 0 up to
+    rounding, which no tolerance can compare)."""
+    model = SVG(tiny(width=0.125)).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    x, _ = batch(b=4, t=1)
+    params = [*model.encoder.parameters(), *model.decoder.parameters()]
+    outs = []
+    for decode in (model.decoder, lambda h, s: plain_decode(model.decoder, h, s)):
+        model.zero_grad()
+        y = decode(*model.encoder(x[:, 0]))
+        (y * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append((y.detach(), [p.grad.clone() for p in params]))
+    (ya, ga), (yb, gb) = outs
+    assert ya.shape == (4, 3, 64, 64)
+    assert torch.allclose(ya, yb, atol=1e-5)
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
+
+
+@pytest.mark.parametrize("tf", [True, False])
+@pytest.mark.parametrize("last_frame_skip", [False, True])
+def test_training_step_equals_the_per_timestep_reference(tf, last_frame_skip):
+    """The project's step (batched when teacher forced, step-wise otherwise) computes the
+    loss and gradients of the straightforward loop that encodes x_{t-1} and x_t and decodes
+    one frame per step (cvae.bench.reference_step, with SVG's literal decoder)."""
+    from cvae.bench import reference_step
+
+    model = SVG(tiny(last_frame_skip=last_frame_skip, n_past=2)).eval()
+    x, c = batch(b=3, t=6)
+    literal = model.decoder.forward
+    results = []
+    for path in ("project", "reference"):
+        model.zero_grad()
+        torch.manual_seed(1)
+        if path == "project":
+            out = model(x, c, tf)
+            mse, kld = out.mse, out.kld
+        else:
+            model.decoder.forward = lambda h, s: plain_decode(model.decoder, h, s)
+            mse, kld = reference_step(model, x, c, tf)
+            model.decoder.forward = literal
+        (mse + 0.1 * kld).backward()
+        results.append((mse.item(), kld.item(), [p.grad.clone() for p in model.parameters()]))
+    (mse_a, kld_a, g_a), (mse_b, kld_b, g_b) = results
+    assert mse_a == pytest.approx(mse_b, rel=1e-5)
+    assert kld_a == pytest.approx(kld_b, rel=1e-5)
+    for a, b in zip(g_a, g_b):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def _record_predictor_inputs(model, x, c, tf):
     """Run a training pass and return what the frame predictor got as frame encodings per step
     (B, T-1, g), and the encodings of the ground-truth frames (B, T, g)."""
@@ -94,7 +157,7 @@ def _record_predictor_inputs(model, x, c, tf):
     hook.remove()
     cond_dim, g = model.condition.out_dim, model.encoder.g_dim
     h_in = torch.stack([s[:, cond_dim:cond_dim + g] for s in seen], 1)
-    return h_in, model.encode(x)[0]
+    return h_in, model.encode(x)[0].transpose(0, 1)
 
 
 @pytest.mark.parametrize("tf", [[True, True], [False, False], [True, False]])
