@@ -20,7 +20,7 @@ import torch
 
 from cvae.config import PRESETS, preset
 from cvae.model import SVG, kl_divergence
-from cvae.train import select_device
+from cvae.train import reuse_freed_memory, select_device
 
 
 def reference_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
@@ -91,6 +91,8 @@ def bench_model(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = select_device(args.device)
+    if device.type == "cpu":
+        reuse_freed_memory()  # as training does
     torch.manual_seed(0)
     x = torch.rand(args.batch, args.seq_len, 3, 64, 64, device=device)
     c = torch.randn(args.batch, args.seq_len, cfg.cond_dim, device=device)
@@ -99,8 +101,12 @@ def bench_model(args: argparse.Namespace) -> dict:
               "seq_len": args.seq_len, "teacher_forcing": tf, "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": {}}
     names = ["project", "reference", "floor"] if args.compare else ["project"]
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    runs = {name: (STEPS[name], SVG(cfg).to(device).to(memory_format=memory_format))
+    # the project's step and the floor run as training does (channels_last on CPU unless
+    # --no-channels-last); the straightforward reference keeps the default memory format
+    channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
+    formats = {name: channels_last and name != "reference" for name in names}
+    runs = {name: (STEPS[name], SVG(cfg).to(device).to(
+        memory_format=torch.channels_last if formats[name] else torch.contiguous_format))
             for name in names}
     result["parameters"] = sum(p.numel() for p in runs["project"][1].parameters())
     print(f"timing {', '.join(names)} ({args.steps} steps each after {args.warmup} warm-up, "
@@ -109,7 +115,7 @@ def bench_model(args: argparse.Namespace) -> dict:
     for name in names:
         s = statistics.median(times[name])
         result["runs"][name] = {"s_per_step": s, "frames_per_s": args.batch * args.seq_len / s,
-                                "channels_last": args.channels_last, "times": times[name]}
+                                "channels_last": formats[name], "times": times[name]}
     runs = result["runs"]
     if args.compare:
         result["speedup_vs_reference"] = (runs["reference"]["s_per_step"]
@@ -184,8 +190,9 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=0,
                    help="torch threads (default: 0 = torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                   help="channels_last memory format for every model timed (default: off)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format for the project's step and the floor "
+                        "(default: as training, on for CPU; the reference keeps NCHW)")
     p.add_argument("--compare", action="store_true",
                    help="also time the per-timestep reference loop and the encoder+decoder floor")
     p.add_argument("--data", default=None, metavar="DIR",

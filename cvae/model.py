@@ -69,6 +69,12 @@ def upsampled_conv_weight(w: torch.Tensor) -> torch.Tensor:
     return along(along(w, 2), 3).transpose(0, 1)
 
 
+# Below this many input positions (batch x height x width) oneDNN's transposed convolution is
+# slower on CPU than upsampling and convolving (measured: 4 x 4x4 maps of 512 channels), so
+# the decoder's first up block takes the plain path in step-by-step loops.
+SMALL_MAP = 256
+
+
 class Decoder(nn.Module):
     """Mirror of the encoder: g_dim vector + skips -> 64x64 frame in [0, 1] (sigmoid).
 
@@ -91,37 +97,40 @@ class Decoder(nn.Module):
     def _blocks(self) -> tuple[nn.Sequential, ...]:
         return self.upc2, self.upc3, self.upc4, self.upc5
 
-    def split_weights(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def split_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per up block, the first convolution's weight split into its two halves: the
-        upsampled input's as a transposed-conv weight, and the skip map's. Computing them once
-        per training step (not per decoded step) keeps their cost and backward out of
-        step-by-step loops."""
+        upsampled input's (as it is, 3x3, and as a 4x4 transposed-conv weight) and the skip
+        map's. Computing them once per training step (not per decoded step) keeps their cost
+        and backward out of step-by-step loops."""
         halves = []
         for block in self._blocks():
             w = block[0][0].weight  # (C_out, 2 C, 3, 3): upsampled input's C, then the skip's
             c = w.shape[1] // 2
-            halves.append((upsampled_conv_weight(w[:, :c]), w[:, c:]))
+            halves.append((w[:, :c], upsampled_conv_weight(w[:, :c]), w[:, c:]))
         return halves
 
     def skip_terms(self, skips: list[torch.Tensor],
-                   weights: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
+                   weights: Optional[list[tuple[torch.Tensor, ...]]] = None
                    ) -> list[torch.Tensor]:
         """The skip maps' share of each up block's first convolution, in the order the blocks
         use them: (N, c4, 8, 8), (N, c3, 16, 16), (N, c2, 32, 32), (N, c1, 64, 64)."""
         weights = weights or self.split_weights()
-        return [F.conv2d(s, w_skip, padding=1) for (_, w_skip), s in zip(weights, skips[::-1])]
+        return [F.conv2d(s, w[2], padding=1) for w, s in zip(weights, skips[::-1])]
 
     def decode(self, h: torch.Tensor, terms: list[torch.Tensor],
                add: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.add,
-               weights: Optional[list[tuple[torch.Tensor, torch.Tensor]]] = None
-               ) -> torch.Tensor:
+               weights: Optional[list[tuple[torch.Tensor, ...]]] = None) -> torch.Tensor:
         """(N, g_dim) + skip terms -> (N, 3, 64, 64). `add(y, term)` adds a block's skip term
         to its upsampled half y (N, C, s, s); the default needs one term per row."""
         weights = weights or self.split_weights()
         d = self.upc1(h[:, :, None, None])  # (N, c4, 4, 4)
-        for block, (w_up, _), term in zip(self._blocks(), weights, terms):
-            # (N, C, 2s, 2s)
-            y = F.conv_transpose2d(d, w_up, block[0][0].bias, stride=2, padding=1)
+        for block, (w3, w4, _), term in zip(self._blocks(), weights, terms):
+            bias = block[0][0].bias
+            if d.shape[0] * d.shape[2] * d.shape[3] < SMALL_MAP:
+                y = F.conv2d(F.interpolate(d, scale_factor=2.0, mode="nearest"), w3, bias,
+                             padding=1)
+            else:
+                y = F.conv_transpose2d(d, w4, bias, stride=2, padding=1)
             d = block[1:](block[0][2](block[0][1](add(y, term))))  # BN, LeakyReLU, rest
         return d
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import ctypes
 import json
 import math
 import sys
@@ -39,6 +40,19 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def reuse_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse: by default it gives blocks over
+    32 MB back to the OS, and every training step of a lab-size model on CPU faults its large
+    activations in again (measured: 8 s of system time in 7 steps, 2 s with this). Process
+    wide; a no-op returning False where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def _flag(value: str, default: bool) -> bool:
     return default if value == "auto" else value == "on"
 
@@ -54,6 +68,8 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.amp = _flag(cfg.amp, cuda) and cuda  # bf16 autocast is a CUDA feature here
         self.channels_last = _flag(cfg.channels_last, not cuda)
+        if not cuda:
+            reuse_freed_memory()
         if cuda:
             torch.backends.cudnn.benchmark = True
             if cfg.gpu_memory_fraction > 0:  # fractional GPU trials share memory unisolated

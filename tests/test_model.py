@@ -94,14 +94,15 @@ def plain_decode(dec, h, skips):
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_decoder_equals_upsample_concat_convolve(channels_last):
+@pytest.mark.parametrize("b", [4, 16])  # first up block: upsample + conv (4), transposed (16)
+def test_decoder_equals_upsample_concat_convolve(channels_last, b):
     """Transposed-conv upsampling and split skip terms compute SVG's decoder, values and
     gradients (eval-mode BN: in train mode the gradient of a bias before BN is 0 up to
     rounding, which no tolerance can compare)."""
     model = SVG(tiny(width=0.125)).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    x, _ = batch(b=4, t=1)
+    x, _ = batch(b=b, t=1)
     params = [*model.encoder.parameters(), *model.decoder.parameters()]
     outs = []
     for decode in (model.decoder, lambda h, s: plain_decode(model.decoder, h, s)):
@@ -110,7 +111,7 @@ def test_decoder_equals_upsample_concat_convolve(channels_last):
         (y * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
         outs.append((y.detach(), [p.grad.clone() for p in params]))
     (ya, ga), (yb, gb) = outs
-    assert ya.shape == (4, 3, 64, 64)
+    assert ya.shape == (b, 3, 64, 64)
     assert torch.allclose(ya, yb, atol=1e-5)
     for a, b in zip(ga, gb):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * b.abs().max().item())
