@@ -4,7 +4,9 @@ With `--compare`, the same model and batch are also timed with
 - `reference`: a straightforward per-timestep loop, as the lab's and SVG's training scripts
   are written (every step encodes x_{t-1} and x_t and decodes one frame), and
 - `floor`: one batched forward + backward pass of encoder and decoder over the same frames,
-  the least any training step of this architecture must do.
+  each predicted frame decoded with its own skip maps. The project's teacher-forced step can
+  go below it: steps that share the last context frame's skip maps share the skip maps'
+  convolutions (`Decoder.skip_terms`).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch
 
 from cvae.config import PRESETS, preset
 from cvae.model import SVG, kl_divergence
-from cvae.train import reuse_freed_memory, select_device
+from cvae.train import channels_last_default, reuse_freed_memory, select_device
 
 
 def reference_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: bool):
@@ -101,9 +103,10 @@ def bench_model(args: argparse.Namespace) -> dict:
               "seq_len": args.seq_len, "teacher_forcing": tf, "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": {}}
     names = ["project", "reference", "floor"] if args.compare else ["project"]
-    # the project's step and the floor run as training does (channels_last on CPU unless
-    # --no-channels-last); the straightforward reference keeps the default memory format
-    channels_last = device.type == "cpu" if args.channels_last is None else args.channels_last
+    # the project's step and the floor run in training's memory format unless told; the
+    # straightforward reference keeps the default (NCHW)
+    channels_last = (channels_last_default(device) if args.channels_last is None
+                     else args.channels_last)
     formats = {name: channels_last and name != "reference" for name in names}
     runs = {name: (STEPS[name], SVG(cfg).to(device).to(
         memory_format=torch.channels_last if formats[name] else torch.contiguous_format))
@@ -192,7 +195,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format for the project's step and the floor "
-                        "(default: as training, on for CPU; the reference keeps NCHW)")
+                        "(default: as training: on for CUDA, off for CPU; the reference "
+                        "always NCHW)")
     p.add_argument("--compare", action="store_true",
                    help="also time the per-timestep reference loop and the encoder+decoder floor")
     p.add_argument("--data", default=None, metavar="DIR",

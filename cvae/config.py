@@ -55,7 +55,7 @@ class Config:
     seed: int = 1
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1"
     amp: str = "auto"  # bf16 autocast: "auto" (on for CUDA), "on", "off"
-    channels_last: str = "auto"  # "auto" (on for CPU), "on", "off"
+    channels_last: str = "auto"  # "auto" (on for CUDA, off for CPU: measured), "on", "off"
     threads: int = 0  # torch threads; 0 = leave torch's default
     gpu_memory_fraction: float = 0.0  # cap of this process's GPU memory share; 0 = no cap
     num_workers: int = 0  # DataLoader worker processes
