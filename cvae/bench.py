@@ -108,13 +108,13 @@ def bench_model(args: argparse.Namespace) -> dict:
     channels_last = (channels_last_default(device) if args.channels_last is None
                      else args.channels_last)
     formats = {name: channels_last and name != "reference" for name in names}
-    runs = {name: (STEPS[name], SVG(cfg).to(device).to(
+    variants = {name: (STEPS[name], SVG(cfg).to(device).to(
         memory_format=torch.channels_last if formats[name] else torch.contiguous_format))
-            for name in names}
-    result["parameters"] = sum(p.numel() for p in runs["project"][1].parameters())
+                for name in names}
+    result["parameters"] = sum(p.numel() for p in variants["project"][1].parameters())
     print(f"timing {', '.join(names)} ({args.steps} steps each after {args.warmup} warm-up, "
           f"taking turns)...", file=sys.stderr)
-    times = time_steps(runs, x, c, tf, args.steps, args.warmup)
+    times = time_steps(variants, x, c, tf, args.steps, args.warmup)
     for name in names:
         s = statistics.median(times[name])
         result["runs"][name] = {"s_per_step": s, "frames_per_s": args.batch * args.seq_len / s,

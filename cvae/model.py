@@ -6,7 +6,8 @@ p(z_t | x_{1:t-1}) (SVG-LP) prior.
 Modules are pure: no device, no batch size and no recurrent state are stored; LSTM state is
 passed in and returned, created with `new_zeros` on the input's device.
 
-Shapes: frames (B, T, 3, 64, 64), conditions (B, T, cond_dim), encodings (B, T, g_dim).
+Shapes: frames (B, T, 3, 64, 64), conditions (B, T, cond_dim); `SVG.encode` returns encodings
+(T, B, g_dim) and skips time-major.
 """
 from __future__ import annotations
 
@@ -109,20 +110,20 @@ class Decoder(nn.Module):
             halves.append((w[:, :c], upsampled_conv_weight(w[:, :c]), w[:, c:]))
         return halves
 
-    def skip_terms(self, skips: list[torch.Tensor],
-                   weights: Optional[list[tuple[torch.Tensor, ...]]] = None
+    def skip_terms(self, skips: list[torch.Tensor], weights: list[tuple[torch.Tensor, ...]]
                    ) -> list[torch.Tensor]:
-        """The skip maps' share of each up block's first convolution, in the order the blocks
-        use them: (N, c4, 8, 8), (N, c3, 16, 16), (N, c2, 32, 32), (N, c1, 64, 64)."""
-        weights = weights or self.split_weights()
+        """The skip maps' share of each up block's first convolution (weights from
+        `split_weights`), in the order the blocks use them: (N, c4, 8, 8), (N, c3, 16, 16),
+        (N, c2, 32, 32), (N, c1, 64, 64)."""
         return [F.conv2d(s, w[2], padding=1) for w, s in zip(weights, skips[::-1])]
 
     def decode(self, h: torch.Tensor, terms: list[torch.Tensor],
-               add: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.add,
-               weights: Optional[list[tuple[torch.Tensor, ...]]] = None) -> torch.Tensor:
-        """(N, g_dim) + skip terms -> (N, 3, 64, 64). `add(y, term)` adds a block's skip term
-        to its upsampled half y (N, C, s, s); the default needs one term per row."""
-        weights = weights or self.split_weights()
+               weights: list[tuple[torch.Tensor, ...]],
+               add: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.add
+               ) -> torch.Tensor:
+        """(N, g_dim) + skip terms -> (N, 3, 64, 64), weights from `split_weights`.
+        `add(y, term)` adds a block's skip term to its upsampled half y (N, C, s, s); the
+        default needs one term per row."""
         d = self.upc1(h[:, :, None, None])  # (N, c4, 4, 4)
         for block, (w3, w4, _), term in zip(self._blocks(), weights, terms):
             bias = block[0][0].bias
@@ -136,7 +137,7 @@ class Decoder(nn.Module):
 
     def forward(self, h: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         weights = self.split_weights()
-        return self.decode(h, self.skip_terms(skips, weights), weights=weights)
+        return self.decode(h, self.skip_terms(skips, weights), weights)
 
 
 def _zero_state(x: torch.Tensor, layers: int, size: int) -> LSTMState:
@@ -306,7 +307,7 @@ class SVG(nn.Module):
             rest = (y[n:].unflatten(0, (-1, b)) + term[n:]).flatten(0, 1)
             return torch.cat([y[:n] + term[:n], rest]) if n else rest
 
-        x_pred = self.decoder.decode(h_pred, terms, add, weights).unflatten(0, (t - 1, b))
+        x_pred = self.decoder.decode(h_pred, terms, weights, add).unflatten(0, (t - 1, b))
         err = (x_pred - x[:, 1:].transpose(0, 1)).pow(2)  # (T-1, B, 3, 64, 64)
         mse = err.mean(dim=(1, 2, 3, 4)).sum()  # sum over steps of per-step mean
         return StepOutput(mse, kld, t - 1)
@@ -332,7 +333,7 @@ class SVG(nn.Module):
             kld = kld + kl
             h_pred, pred_state = self.frame_predictor(torch.cat([c[:, i], h_in, z], 1),
                                                       pred_state)
-            x_pred = self.decoder.decode(h_pred, terms, weights=weights)
+            x_pred = self.decoder.decode(h_pred, terms, weights)
             mse = mse + (x_pred - x[:, i]).pow(2).mean()
             if self.n_past <= i < t - 1:
                 h_own, skip_own = self.encoder(x_pred)
@@ -371,7 +372,7 @@ class SVG(nn.Module):
             if i < n_past:
                 h_in = h_ctx[i]
                 continue
-            x_pred = self.decoder.decode(h_pred, terms, weights=weights)
+            x_pred = self.decoder.decode(h_pred, terms, weights)
             out.append(x_pred)
             if i < n_past + n_future - 1:
                 h_in, skip_own = self.encoder(x_pred)

@@ -43,8 +43,8 @@ def select_device(name: str) -> torch.device:
 def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse: by default it gives blocks over
     32 MB back to the OS, and every training step of a lab-size model on CPU faults its large
-    activations in again (measured: 8 s of system time in 7 steps, 2 s with this). Process
-    wide; a no-op returning False where the C library is not glibc."""
+    activations in again (README, Performance: 8.3 s of system time in 6 bench steps, 1.8 s
+    with this). Process wide; a no-op returning False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
@@ -56,7 +56,7 @@ def reuse_freed_memory() -> bool:
 def channels_last_default(device: torch.device) -> bool:
     """The memory format for channels_last="auto": channels_last on CUDA, as PyTorch's
     performance guide advises for convolutional networks under autocast (not measured here:
-    no GPU); NCHW on CPU, where it measured 2-10% faster teacher-forced with this decoder
+    no GPU); NCHW on CPU, where teacher-forced steps measured faster with this decoder
     (README, Performance)."""
     return device.type == "cuda"
 
@@ -76,12 +76,12 @@ class Trainer:
         cuda = self.device.type == "cuda"
         self.amp = _flag(cfg.amp, cuda) and cuda  # bf16 autocast is a CUDA feature here
         self.channels_last = _flag(cfg.channels_last, channels_last_default(self.device))
-        if not cuda:
-            reuse_freed_memory()
         if cuda:
             torch.backends.cudnn.benchmark = True
             if cfg.gpu_memory_fraction > 0:  # fractional GPU trials share memory unisolated
                 torch.cuda.set_per_process_memory_fraction(cfg.gpu_memory_fraction, self.device)
+        else:
+            reuse_freed_memory()
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)  # batches, windows, teacher-forcing coins
         root = resolve_root(cfg.data)
