@@ -5,18 +5,49 @@ beyond the epoch / step counters kept in the checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
+
 from cvae.config import Config
+
+
+@functools.lru_cache(maxsize=32)
+def frange_cycle(n_iter: int, start: float, stop: float, n_cycle: int, ratio: float,
+                 shape: str = "linear") -> np.ndarray:
+    """Fu et al.'s schedule arrays, exactly as their published code builds them
+    (haofuml/cyclical_annealing): `frange_cycle_linear(n_iter, start, stop, n_cycle, ratio)`
+    for shape "linear"; for "sigmoid", `frange_cycle_sigmoid` on [0, 1] (v -> 1 / (1 +
+    exp(-(12 v - 6)))), mapped onto [start, stop].
+
+    Cycle c starts at int(c * n_iter / n_cycle) and ramps by a fixed step from there, so when
+    n_iter / n_cycle is not whole the cycles differ in length by one (6 epochs, 4 cycles:
+    [0, 0, 1, 0, 0, 1]). The sigmoid ramp gets the linear one's bound check on the index (the
+    published sigmoid code lacks it and can write one past the end when ratio = 1).
+    """
+    lo, hi = (start, stop) if shape == "linear" else (0.0, 1.0)
+    out = np.full(n_iter, hi, dtype=np.float64)
+    period = n_iter / n_cycle
+    step = (hi - lo) / (period * ratio)
+    for c in range(n_cycle):
+        v, i = lo, 0
+        while v <= hi and int(i + c * period) < n_iter:
+            out[int(i + c * period)] = v if shape == "linear" else 1 / (1 + math.exp(6 - 12 * v))
+            v += step
+            i += 1
+    if shape != "linear":
+        out = start + (stop - start) * out
+    out.flags.writeable = False
+    return out
 
 
 def kl_beta(cfg: Config, epoch: int, step_in_epoch: int = 0) -> float:
     """KL weight beta for 0-based `epoch` (and step within it when the unit is "step").
 
-    cyclical: `frange_cycle_linear(n_iter, beta_min, beta_max, kl_anneal_cycle, ratio)`: each
-    of the `kl_anneal_cycle` cycles ramps linearly from beta_min to beta_max over `ratio` of the
-    cycle, then holds beta_max. cyclical-sigmoid: the same with a sigmoid-shaped ramp
-    (`frange_cycle_sigmoid`). monotonic: one cycle over the whole run. none: beta_max.
+    cyclical: Fu's `frange_cycle_linear(n_iter, beta_min, beta_max, kl_anneal_cycle, ratio)`
+    indexed by the epoch (or the global step); cyclical-sigmoid: `frange_cycle_sigmoid`;
+    monotonic: `frange_cycle_linear` with one cycle; none: beta_max throughout.
     """
     if cfg.kl_anneal == "none":
         return cfg.beta_max
@@ -25,11 +56,9 @@ def kl_beta(cfg: Config, epoch: int, step_in_epoch: int = 0) -> float:
     else:
         n, n_iter = epoch, cfg.epochs
     cycles = 1 if cfg.kl_anneal == "monotonic" else cfg.kl_anneal_cycle
-    period = n_iter / cycles
-    ramp = min(1.0, (n % period) / (period * cfg.kl_anneal_ratio))  # progress in [0, 1]
-    if cfg.kl_anneal == "cyclical-sigmoid" and ramp < 1.0:
-        ramp = 1.0 / (1.0 + math.exp(-(12.0 * ramp - 6.0)))
-    return cfg.beta_min + (cfg.beta_max - cfg.beta_min) * ramp
+    shape = "sigmoid" if cfg.kl_anneal == "cyclical-sigmoid" else "linear"
+    values = frange_cycle(n_iter, cfg.beta_min, cfg.beta_max, cycles, cfg.kl_anneal_ratio, shape)
+    return float(values[min(n, n_iter - 1)])
 
 
 def teacher_forcing_ratio(cfg: Config, epoch: int) -> float:

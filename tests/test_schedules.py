@@ -66,7 +66,7 @@ def test_monotonic_is_one_ramp_then_constant():
     v = betas(c)
     assert count_cycles(v) == 1 and v[0] == 0.0 and v[-1] == 1.0
     assert all(b >= a for a, b in zip(v, v[1:]))
-    assert v.index(1.0) == 10
+    assert next(i for i, b in enumerate(v) if b > 1 - 1e-9) == 10  # 10 steps of 0.1 (Fu's sum)
 
 
 def test_none_is_constant_and_sigmoid_is_s_shaped():
@@ -109,3 +109,65 @@ def test_decay_from_epoch_zero_starts_decaying_immediately():
     c = cfg(tfr_start_decay_epoch=0, epochs=10, tfr_lower_bound=0.0)
     assert teacher_forcing_ratio(c, 0) < 1.0
     assert math.isclose(teacher_forcing_ratio(c, 9), 0.0)
+
+
+# Fu et al.'s published code (haofuml/cyclical_annealing), written out here as the reference.
+def fu_frange_cycle_linear(n_iter, start=0.0, stop=1.0, n_cycle=4, ratio=0.5):
+    L = [stop] * n_iter
+    period = n_iter / n_cycle
+    step = (stop - start) / (period * ratio)
+    for c in range(n_cycle):
+        v, i = start, 0
+        while v <= stop and int(i + c * period) < n_iter:
+            L[int(i + c * period)] = v
+            v += step
+            i += 1
+    return L
+
+
+def fu_frange_cycle_sigmoid(start, stop, n_epoch, n_cycle=4, ratio=0.5):
+    L = [1.0] * n_epoch
+    period = n_epoch / n_cycle
+    step = (stop - start) / (period * ratio)
+    for c in range(n_cycle):
+        v, i = start, 0
+        while v <= stop and int(i + c * period) < n_epoch:  # bound check as in the linear one
+            L[int(i + c * period)] = 1.0 / (1.0 + math.exp(-(v * 12. - 6.)))
+            v += step
+            i += 1
+    return L
+
+
+NON_DIVISIBLE = [(6, 4), (200, 3), (300, 7), (200, 6), (10, 3), (7, 2)]
+
+
+def test_six_epochs_four_cycles_is_fus_array():
+    c = cfg(kl_anneal="cyclical", kl_anneal_cycle=4, kl_anneal_ratio=0.5, epochs=6)
+    assert betas(c) == [0.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("n,cycles", NON_DIVISIBLE)
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 1.0])
+@pytest.mark.parametrize("beta", [(0.0, 1.0), (1e-4, 1e-3)])
+def test_cyclical_and_monotonic_equal_fus_arrays_per_epoch(n, cycles, ratio, beta):
+    lo, hi = beta
+    common = dict(epochs=n, kl_anneal_ratio=ratio, beta_min=lo, beta_max=hi)
+    cyc = cfg(kl_anneal="cyclical", kl_anneal_cycle=cycles, **common)
+    assert betas(cyc) == fu_frange_cycle_linear(n, lo, hi, cycles, ratio)
+    mono = cfg(kl_anneal="monotonic", **common)
+    assert betas(mono) == fu_frange_cycle_linear(n, lo, hi, 1, ratio)
+    sig = cfg(kl_anneal="cyclical-sigmoid", kl_anneal_cycle=cycles, **common)
+    ref = [lo + (hi - lo) * v for v in fu_frange_cycle_sigmoid(0.0, 1.0, n, cycles, ratio)]
+    assert betas(sig) == pytest.approx(ref, rel=1e-12, abs=1e-15)
+
+
+@pytest.mark.parametrize("epochs,epoch_size,cycles", [(6, 20, 4), (20, 15, 3), (7, 30, 7)])
+@pytest.mark.parametrize("ratio", [0.3, 1.0])
+def test_step_unit_equals_fus_array_over_all_steps(epochs, epoch_size, cycles, ratio):
+    n = epochs * epoch_size
+    c = cfg(kl_anneal="cyclical", kl_anneal_cycle=cycles, kl_anneal_ratio=ratio,
+            kl_anneal_unit="step", epochs=epochs, epoch_size=epoch_size)
+    assert betas(c, unit_steps=True) == fu_frange_cycle_linear(n, 0.0, 1.0, cycles, ratio)
+    m = cfg(kl_anneal="monotonic", kl_anneal_ratio=ratio, kl_anneal_unit="step",
+            epochs=epochs, epoch_size=epoch_size)
+    assert betas(m, unit_steps=True) == fu_frange_cycle_linear(n, 0.0, 1.0, 1, ratio)
