@@ -169,6 +169,8 @@ def main(argv: Optional[Sequence[str]] = None,
     except (UsageError, SpaceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for note in space.warnings:
+        print(f"warning: {note}", file=sys.stderr)
     resume_command = shlex.join(["python", "-m", "search.run", *argv]) + (
         "" if args.resume else " --resume")
     try:

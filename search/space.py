@@ -3,7 +3,9 @@
 A space file fixes a base config (a preset plus field overrides), lists the searched Config
 fields with their distributions, and holds the Tune settings (metric, ASHA, resources). Every
 mistake is reported as one line naming the file and the key:
-`<file>: <key path>: <problem> (got <value>; expected <what>)`.
+`<file>: <key path>: <problem> (got <value>; expected <what>)`. Files over MAX_BYTES, YAML
+aliases expanding beyond MAX_NODES values and duplicate keys are refused before anything is
+built.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ METRICS = ("val_psnr", "val_ssim", "loss", "mse", "kld")  # per-epoch metrics fi
 TYPES = ("loguniform", "uniform", "int", "categorical")
 
 _MISSING = object()  # a required key (as a default) or no offending value (in _fail)
+MAX_BYTES = 1_000_000  # a space file is a few KB; larger files are refused unread
+MAX_NODES = 100_000  # YAML values after alias expansion (a space file has a few hundred)
 
 # Every key a space file may hold, by mapping, with its default (_MISSING: required). Drives
 # the unknown-key check, its "did you mean" suggestions and the defaults.
@@ -109,6 +113,7 @@ class Space:
     points_to_evaluate: list[dict[str, Any]]
     asha: dict[str, int]  # grace_period, reduction_factor, brackets, max_t (= base epochs)
     resources: dict[str, Any]  # per trial: cpu (float), gpu (float or "auto")
+    warnings: list[str] = field(default_factory=list)  # one-line notes for the launcher
 
 
 def load_space(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> Space:
@@ -198,14 +203,76 @@ def _errors_in(path: Union[str, Path]) -> Iterator[None]:
         raise SpaceError(f"{path}: " + " ".join(str(e).splitlines())) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and documents whose aliases expand beyond
+    MAX_NODES values (checked on the composed node graph, before anything is built)."""
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if node is not None and _expanded_size(node, {}, set()) > MAX_NODES:
+            raise _Invalid(f"YAML aliases expand to more than {MAX_NODES} values (expected "
+                           "a space file of plain settings)")
+        return node
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):
+                    continue  # unhashable keys: SafeLoader's own error
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise _Invalid(f"line {line}: duplicate key {key!r} (first at line "
+                                   f"{first[key]}; expected each key once)")
+                first[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Values `node` stands for with every alias expanded, stopping early past MAX_NODES."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise _Invalid("recursive YAML alias (expected a space file of plain settings)")
+    open_nodes.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children: list[Any] = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_NODES:
+            break
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
 def _read_yaml(path: Path) -> Any:
-    """Parse with yaml.safe_load; syntax errors and python tags become one-line errors."""
+    """Parse with a safe loader; syntax errors, python tags, duplicate keys, oversized files and
+    alias bombs become one-line errors."""
     try:
-        text = path.read_text(encoding="utf-8")
+        size = path.stat().st_size
+        if size > MAX_BYTES:
+            raise _Invalid(f"file too large ({size} bytes; expected at most {MAX_BYTES})")
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise _Invalid(f"file too large (over {MAX_BYTES} bytes)")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise _Invalid(f"cannot read the file ({getattr(e, 'strerror', None) or e})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise _Invalid("YAML nested too deeply (expected a space file of plain settings)") \
+            from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
@@ -249,6 +316,7 @@ def _build(raw: dict[str, Any], path: str) -> Space:
     base, fixed = _base(explicit)
     max_t = fixed["epochs"]
     params = _params(top["params"], explicit, fixed)
+    notes = [f"{path}: {note}" for note in _inert_values(params, max_t)]
     points = top["points_to_evaluate"] or []
     if not isinstance(points, list):
         _fail("points_to_evaluate", "not a list", points, "a list of mappings")
@@ -272,7 +340,26 @@ def _build(raw: dict[str, Any], path: str) -> Space:
               "brackets": _int(asha["brackets"], "asha.brackets", 1), "max_t": max_t},
         resources={"cpu": _positive(resources["cpu"], "resources.cpu"),
                    "gpu": _gpu(resources["gpu"])},
+        warnings=notes,
     )
+
+
+def _inert_values(params: list[Param], epochs: int) -> list[str]:
+    """tfr_start_decay_epoch values >= epochs leave teacher forcing undecayed (the epoch is
+    0-based): an error when every value of the range is inert, else a warning."""
+    notes = []
+    for p in params:
+        if p.name != "tfr_start_decay_epoch":
+            continue
+        values = p.choices if p.type == "categorical" else [p.low, p.high]
+        bound = "choices" if p.type == "categorical" else "high"
+        if min(values) >= epochs:
+            _fail(f"params.{p.name}", "beyond the run: teacher forcing would never decay",
+                  values, f"values below base epochs = {epochs}")
+        if max(values) >= epochs:
+            notes.append(f"params.{p.name}.{bound}: values >= base epochs = {epochs} never "
+                         f"decay teacher forcing (got {max(values)})")
+    return notes
 
 
 def _base(explicit: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -347,3 +347,105 @@ def test_validate_point(tmp_path: Path) -> None:
     with pytest.raises(SpaceError) as info:
         validate_point(space, {"lr": 1.0}, key="--point")
     assert str(info.value).startswith(f"{path}: --point.lr: outside the range (got 1.0")
+
+
+# --- hostile or careless files: refused before anything is built --------------------------------
+
+def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
+    from search.space import MAX_BYTES
+
+    path = write(tmp_path, yaml.safe_dump(VALID) + "#" * MAX_BYTES + "\n")
+    size = path.stat().st_size
+    assert error(path) == f"file too large ({size} bytes; expected at most {MAX_BYTES})"
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """A billion-laughs document: 9 ** levels values after expansion, a few lines on disk."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_as_a_value_fails_fast(tmp_path: Path) -> None:
+    import time
+    import tracemalloc
+
+    from search.space import MAX_NODES
+
+    text = yaml.safe_dump(VALID, sort_keys=False).replace("num_samples: 3", "num_samples: *a8")
+    path = write(tmp_path, alias_bomb() + text)
+    tracemalloc.start()
+    start = time.monotonic()
+    message = error(path)
+    elapsed = time.monotonic() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert message == (f"YAML aliases expand to more than {MAX_NODES} values (expected a space "
+                       "file of plain settings)")
+    assert elapsed < 2.0 and peak < 50e6, (elapsed, peak)
+
+
+def test_small_aliases_still_work(tmp_path: Path) -> None:
+    text = yaml.safe_dump(VALID, sort_keys=False)
+    text = text.replace("num_samples: 3", "num_samples: &n 5").replace("seed: 0", "seed: *n")
+    space = load_space(write(tmp_path, text))
+    assert (space.num_samples, space.seed) == (5, 5)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("a: &a [*a]\n", "recursive YAML alias (expected a space file of plain settings)"),
+    ("[" * 20000 + "]" * 20000, "YAML nested too deeply (expected a space file of plain "
+                                "settings)"),
+])
+def test_pathological_yaml(tmp_path: Path, text: str, expected: str) -> None:
+    assert error(write(tmp_path, text)) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("name: t\nnum_samples: 3\nseed: 0\nnum_samples: 30\n",
+     "line 4: duplicate key 'num_samples' (first at line 2; expected each key once)"),
+    ("name: t\nnum_samples: 3\nparams:\n  lr: {type: loguniform, low: 1.0e-4, high: 0.01}\n"
+     "  kl_anneal: {type: categorical, choices: [monotonic]}\n"
+     "  lr: {type: loguniform, low: 1.0e-3, high: 0.1}\n",
+     "line 6: duplicate key 'lr' (first at line 4; expected each key once)"),
+    ("name: t\nnum_samples: 3\nparams:\n  lr: {type: loguniform, low: 1.0e-4, low: 0.01}\n",
+     "line 4: duplicate key 'low' (first at line 4; expected each key once)"),
+])
+def test_duplicate_keys_name_both_lines(tmp_path: Path, text: str, expected: str) -> None:
+    assert error(write(tmp_path, text)) == expected
+
+
+def test_merge_keys_may_override(tmp_path: Path) -> None:
+    text = yaml.safe_dump(VALID, sort_keys=False).replace(
+        "resources:\n  cpu: 1\n  gpu: 0\n", "resources:\n  <<: {cpu: 4, gpu: 0}\n  cpu: 2\n")
+    assert "<<:" in text
+    assert load_space(write(tmp_path, text)).resources == {"cpu": 2.0, "gpu": 0.0}
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ({"type": "int", "low": 4, "high": 6},
+     "params.tfr_start_decay_epoch: beyond the run: teacher forcing would never decay (got "
+     "[4, 6]; expected values below base epochs = 4)"),
+    ({"type": "categorical", "choices": [5, 9]},
+     "params.tfr_start_decay_epoch: beyond the run: teacher forcing would never decay (got "
+     "[5, 9]; expected values below base epochs = 4)"),
+])
+def test_inert_tfr_decay_range_is_rejected(tmp_path: Path, spec: dict, expected: str) -> None:
+    assert error(write(tmp_path, VALID, {"params.tfr_start_decay_epoch": spec})) == expected
+
+
+@pytest.mark.parametrize("spec, epochs, warning", [
+    ({"type": "int", "low": 0, "high": 3}, None, None),
+    ({"type": "int", "low": 0, "high": 3}, 3,
+     "params.tfr_start_decay_epoch.high: values >= base epochs = 3 never decay teacher forcing "
+     "(got 3)"),
+    ({"type": "categorical", "choices": [1, 8]}, None,
+     "params.tfr_start_decay_epoch.choices: values >= base epochs = 4 never decay teacher "
+     "forcing (got 8)"),
+])
+def test_partly_inert_tfr_decay_range_warns(tmp_path: Path, spec: dict, epochs: int | None,
+                                            warning: str | None) -> None:
+    path = write(tmp_path, VALID, {"params.tfr_start_decay_epoch": spec,
+                                   "points_to_evaluate": []})
+    space = load_space(path, {"epochs": epochs})
+    assert space.warnings == ([f"{path}: {warning}"] if warning else [])
