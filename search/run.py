@@ -27,6 +27,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,25 @@ def storage_root(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
+def check_storage(storage: str) -> None:
+    """A local --storage must be a directory, or creatable, and writable: probed with a
+    temporary file in it or in its nearest existing parent, nothing left behind (raises
+    UsageError). URIs are left to Ray."""
+    if "://" in storage:
+        return
+    path = Path(storage)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"{existing} is a file"
+        raise UsageError(f"--storage {storage}: {what} (expected a directory)")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UsageError(f"--storage {storage}: not writable ({existing}: "
+                         f"{e.strerror or e})") from None
+
+
 def main(argv: Optional[Sequence[str]] = None,
          trainable: Optional[Callable[[dict], None]] = None) -> int:
     """Command-line entry point; `trainable` replaces cvae.trainable.train_cvae (tests)."""
@@ -165,6 +185,7 @@ def main(argv: Optional[Sequence[str]] = None,
         args = build_parser().parse_args(argv)
         space = space_from_args(args)
         storage = storage_root(args.storage)
+        check_storage(storage)
         check_experiment(storage, space, args.resume)
     except (UsageError, SpaceError) as e:
         print(f"error: {e}", file=sys.stderr)

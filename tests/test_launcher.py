@@ -98,6 +98,30 @@ def test_usage_errors_are_one_line_before_ray_starts(tmp_path, capsys, argv, exp
     assert not (tmp_path / "runs" / "t").exists()
 
 
+@pytest.mark.parametrize("storage, expected", [
+    ("{file}", "--storage {file}: is a file (expected a directory)"),
+    ("{file}/runs", "--storage {file}/runs: {file} is a file (expected a directory)"),
+    ("/proc/cvae-no-such/runs", "--storage /proc/cvae-no-such/runs: not writable (/proc: "),
+    ("{locked}/runs", "--storage {locked}/runs: not writable ({locked}: Permission denied)"),
+])
+def test_unusable_storage_is_one_line_before_ray_starts(tmp_path, capsys, storage, expected):
+    import ray
+
+    if "{locked}" in storage and os.geteuid() == 0:
+        pytest.skip("root may write to any directory")
+    names = {"file": tmp_path / "file.txt", "locked": tmp_path / "locked"}
+    names["file"].write_text("")
+    names["locked"].mkdir(mode=0o500)
+    storage, expected = storage.format(**names), expected.format(**names)
+    start = time.monotonic()
+    rc = main(["--space", str(write_space(tmp_path)), "--storage", storage],
+              trainable=fakes.fake_fast)
+    assert rc == 2 and time.monotonic() - start < 5
+    assert one_line_error(capsys).startswith(f"error: {expected}")
+    assert not ray.is_initialized()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "locked", "t.yaml"]
+
+
 def test_existing_experiment_needs_resume(tmp_path, capsys):
     space = write_space(tmp_path)
     exp = tmp_path / "runs" / "t"
