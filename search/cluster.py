@@ -21,14 +21,20 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 MAX_TRIALS_PER_GPU = 4  # "auto" shares a GPU among at most this many trials (no memory isolation)
+PROBE_S = 5.0  # seconds to wait for a TCP connection to a cluster's GCS port before ray.init
 
 
 class ResourceError(Exception):
     """A per-trial request the cluster cannot satisfy; the message is one line."""
+
+
+class ConnectError(Exception):
+    """No Ray cluster to join at the given address; the message is one line."""
 
 
 @dataclass
@@ -75,7 +81,12 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
         if address:
-            url = ray.init(address=address, **kwargs).dashboard_url
+            probe(address)
+            try:
+                url = ray.init(address=address, **kwargs).dashboard_url
+            except ConnectionError as e:
+                raise ConnectError(f"--address {address}: {str(e).split('. ')[0]}; start one "
+                                   "with `ray start --head` or pass its host:port") from None
         else:
             # Token auth is on by default for a local instance; dashboard_help says how to
             # use it, so Ray's own warning about it is not shown.
@@ -94,6 +105,20 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
                    resources=dict(ray.cluster_resources()),
                    max_node_cpus=max((n.get("CPU", 0.0) for n in nodes), default=0.0),
                    max_node_gpus=max((n.get("GPU", 0.0) for n in nodes), default=0.0))
+
+
+def probe(address: str, timeout: float = PROBE_S) -> None:
+    """Fail fast (ConnectError) when nothing accepts TCP connections at a host:port address;
+    ray.init would retry for minutes. 'auto', 'local' and unparsable addresses pass."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConnectError(f"--address {address}: no Ray cluster answers there ({reason}); "
+                           "start one with `ray start --head` or check host and port") from None
 
 
 def _dashboard_url() -> Optional[str]:

@@ -215,9 +215,13 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    ray_cluster = clusters.connect(args.address, dashboard=not args.no_dashboard,
-                                   dashboard_host=args.dashboard_host,
-                                   dashboard_port=args.dashboard_port)
+    try:
+        ray_cluster = clusters.connect(args.address, dashboard=not args.no_dashboard,
+                                       dashboard_host=args.dashboard_host,
+                                       dashboard_port=args.dashboard_port)
+    except clusters.ConnectError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         where = "started a local Ray instance" if ray_cluster.started else "joined"
         print(f"ray: {where} at {ray_cluster.address} ({_describe_resources(ray_cluster)})")
