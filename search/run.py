@@ -24,6 +24,7 @@ import datetime
 import importlib.util
 import json
 import logging
+import math
 import os
 import shlex
 import sys
@@ -31,7 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from search.space import Space, SpaceError, define_by_run, describe, load_space, to_json
 from search.space import trial_config
@@ -312,7 +313,9 @@ def finish(sweep: SweepResult, space: Space, resume_command: str, report: bool) 
         return 130
     best = best_trial(sweep.results, space)
     if best is None:
-        print(f"no trial reported a finite {space.metric}")
+        diverged = sum(t["status"] == "diverged" for t in sweep.trials.values())
+        print(f"no trial converged: none reported a finite {space.metric} without diverging "
+              f"({diverged} of {len(sweep.trials)} diverged); no best config")
     else:
         path, value, config = best
         print(f"best {space.metric} {value:.4g} in {path}")
@@ -324,16 +327,26 @@ def finish(sweep: SweepResult, space: Space, resume_command: str, report: bool) 
     return 0
 
 
-def best_trial(results: Any, space: Space) -> Optional[tuple[str, float, dict]]:
-    """(trial path, best value over its history, config) of the best trial, if any."""
-    try:
-        best = results.get_best_result(metric=space.metric, mode=space.mode, scope="all",
-                                       filter_nan_and_inf=True)
-    except RuntimeError:  # no trial reported a finite metric
-        return None
-    values = best.metrics_dataframe[space.metric]
-    value = values.max() if space.mode == "max" else values.min()
-    return best.path, float(value), best.config
+def best_trial(results: Iterable[Any], space: Space) -> Optional[tuple[str, float, dict]]:
+    """(trial path, best value over its history, config) of the best trial that did not
+    diverge, if any: a diverged trial's 0 dB (or its values before diverging) is no result."""
+    better = max if space.mode == "max" else min
+    found = []
+    for result in results:
+        history = result.metrics_dataframe
+        if history is None or space.metric not in history or _diverged(result):
+            continue
+        values = [float(v) for v in history[space.metric] if math.isfinite(v)]
+        if values:
+            found.append((result.path, better(values), result.config))
+    return better(found, key=lambda item: item[1]) if found else None
+
+
+def _diverged(result: Any) -> bool:
+    """Whether a Tune result's last row or any row of its history is flagged diverged."""
+    flags = result.metrics_dataframe.get("diverged")
+    return bool((result.metrics or {}).get("diverged")) or (
+        flags is not None and bool(flags.fillna(False).astype(bool).any()))
 
 
 def build_report(exp_path: str) -> int:
@@ -372,10 +385,7 @@ def run_sweep(space: Space, *, resources: Any, trainable: Optional[Callable] = N
 
     from search.progress import open_storage, read_json, trial_dirname, trial_name, write_json
 
-    for key, value in TUNE_ENV.items():
-        os.environ.setdefault(key, value)
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_tune()
     if trainable is None:
         from cvae.trainable import train_cvae as trainable
     storage = storage_root(storage)
@@ -392,9 +402,7 @@ def run_sweep(space: Space, *, resources: Any, trainable: Optional[Callable] = N
         searcher, scheduler, callback = components(space, table_every_s)
         limited = (tune.search.ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
                    if space.max_concurrent else searcher)
-        param_space = {**trial_config(space, {}), "device": resources.device,
-                       "threads": resources.threads,
-                       "gpu_memory_fraction": resources.gpu if 0 < resources.gpu < 1 else 0.0}
+        param_space = {**trial_config(space, {}), **resources.config()}
         if data is not None:
             param_space["data"] = data
         tuner = Tuner(
@@ -423,6 +431,14 @@ def run_sweep(space: Space, *, resources: Any, trainable: Optional[Callable] = N
     sweep_json["finished"] = finished
     write_json(fs, f"{fs_path}/sweep.json", sweep_json)
     return SweepResult(path=path, results=results, finished=finished, trials=trials)
+
+
+def quiet_tune() -> None:
+    """Tune's output and logging settings of the launcher (TUNE_ENV, QUIET_LOGGERS)."""
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def components(space: Space, table_every_s: float = TABLE_EVERY_S):

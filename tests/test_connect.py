@@ -1,0 +1,72 @@
+"""Joining a Ray cluster: absent clusters fail in seconds with one line (search.cluster).
+
+Kept apart from test_launcher, whose module-wide local Ray instance would be found by
+`--address auto`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from search import cluster as clusters
+from test_launcher import free_port, write_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def gcs_running():
+    import psutil
+
+    return any("gcs_server" in (p.info["name"] or "") for p in psutil.process_iter(["name"]))
+
+
+@pytest.mark.parametrize("address, expected", [
+    ("127.0.0.1:1", "error: --address 127.0.0.1:1: no Ray cluster answers there (Connection "
+                    "refused); start one with `ray start --head` or check host and port"),
+    ("auto", "error: --address auto: Could not find any running Ray instance; start one with "
+             "`ray start --head` or pass its host:port"),
+])
+def test_absent_cluster_is_one_line_within_seconds(tmp_path, address, expected):
+    if address == "auto" and gcs_running():
+        pytest.skip("a Ray instance runs on this machine; 'auto' would join it")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "search.run", "--space", str(write_space(tmp_path)),
+                          "--storage", str(tmp_path / "runs"), "--address", address],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "RAY_ADDRESS": ""})
+    assert time.monotonic() - start < 15
+    assert (run.returncode, run.stderr.strip()) == (2, expected)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_probe_refuses_a_closed_port_at_once():
+    port = free_port()  # bound, then closed again: nothing listens
+    start = time.monotonic()
+    with pytest.raises(clusters.ConnectError, match=f"--address 127.0.0.1:{port}: no Ray "):
+        clusters.probe(f"127.0.0.1:{port}")
+    assert time.monotonic() - start < 2
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        clusters.probe("127.0.0.1:%d" % server.getsockname()[1])  # something answers: no error
+    clusters.probe("auto")
+
+
+def test_auto_without_cluster_is_a_connect_error(monkeypatch):
+    import ray
+
+    def no_cluster(**kwargs):
+        raise ConnectionError("Could not find any running Ray instance. Please specify ...")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(clusters.ConnectError) as info:
+        clusters.connect("auto")
+    assert str(info.value) == ("--address auto: Could not find any running Ray instance; start "
+                               "one with `ray start --head` or pass its host:port")
+
