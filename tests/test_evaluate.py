@@ -8,7 +8,8 @@ from PIL import Image
 from cvae import checkpoint
 from cvae.__main__ import main
 from cvae.config import preset
-from cvae.evaluate import evaluate_checkpoint
+from cvae.data import BairDataset
+from cvae.evaluate import evaluate, evaluate_checkpoint
 from cvae.metrics import psnr
 from cvae.train import fit
 
@@ -43,7 +44,42 @@ def test_best_of_n_samples_and_shuffled_conditions(tiny_checkpoint, synth_root):
     assert best["ssim"] >= one["ssim"] - 1e-9  # the first sample is among the four
     assert best["baseline_psnr"] == one["baseline_psnr"]
     shuffled = evaluate_checkpoint(tiny_checkpoint, split="test", shuffle_conditions=True)
-    assert shuffled["psnr"] != one["psnr"] and shuffled["baseline_psnr"] == one["baseline_psnr"]
+    assert shuffled["shuffle_conditions"] and shuffled["baseline_psnr"] == one["baseline_psnr"]
+
+
+class CondEcho(torch.nn.Module):
+    """A stand-in model whose prediction is a grey level set by each step's first condition,
+    so its output depends on the conditions by construction; records what it was fed."""
+
+    def __init__(self):
+        super().__init__()
+        self.fed = []
+
+    def predict(self, past, cond, n_future, **kwargs):
+        self.fed.append(cond.clone())
+        level = torch.sigmoid(cond[:, -n_future:, :1, None, None])  # (B, T, 1, 1, 1)
+        return level.expand(-1, -1, *past.shape[2:]).clone()  # (B, T, C, H, W)
+
+
+@pytest.mark.parametrize("batch_size", [3, 32])
+def test_shuffled_conditions_are_a_derangement_of_other_sequences(synth_root, batch_size):
+    ds = BairDataset(synth_root, "test", seq_len=12)
+    own = torch.stack([ds[i][1] for i in range(len(ds))])  # (N, 12, 7)
+    assert len({tuple(c.flatten().tolist()) for c in own}) == len(ds)  # all distinct
+    runs = {}
+    for shuffle in (False, True):
+        model = CondEcho()
+        runs[shuffle] = evaluate(model, ds, shuffle_conditions=shuffle, batch_size=batch_size)
+        fed = torch.cat(model.fed)
+        source = [next(j for j in range(len(ds)) if torch.equal(fed[i], own[j]))
+                  for i in range(len(ds))]
+        if shuffle:  # every sequence gets another sequence's conditions, each used once
+            assert sorted(source) == list(range(len(ds)))
+            assert all(j != i for i, j in enumerate(source))
+        else:
+            assert source == list(range(len(ds)))
+    assert runs[True]["psnr"] != pytest.approx(runs[False]["psnr"], abs=1e-3)
+    assert runs[True]["baseline_psnr"] == runs[False]["baseline_psnr"]
 
 
 def test_evaluate_cli_json_horizon_and_media(tiny_checkpoint, tmp_path, capsys):
