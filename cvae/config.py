@@ -21,6 +21,8 @@ class Config:
     n_future: int = 10  # predicted frames during training (lab: 10)
     eval_n_future: int = 10  # predicted frames during validation (lab demo protocol: 2 -> 10)
     val_sequences: int = 64  # validation sequences scored per epoch (0 = whole split)
+    train_window: str = "random"  # "first": frames 0..n_past+n_future-1 of each sequence, as
+    # SVG's BAIR loader and the lab (the frames the test protocol scores); "random": any window
     # model (SVG, Denton & Fergus 2018)
     width: float = 1.0  # channel multiplier of the VGG64 encoder/decoder (1.0 = 64-128-256-512)
     g_dim: int = 128  # frame encoding size
@@ -32,6 +34,8 @@ class Config:
     learned_prior: bool = False  # SVG-LP: p(z_t | x_{1:t-1}); False = SVG-FP: N(0, I)
     last_frame_skip: bool = False  # skips from the last input frame instead of the last context frame
     cond_dim: int = 7  # 4-dim action + 3-dim end-effector position
+    init: str = "torch"  # "svg": conv/linear weights N(0, 0.02), bias 0, BatchNorm gamma
+    # N(1, 0.02), beta 0 (SVG's utils.init_weights); "torch": PyTorch's default initialisation
     # optimization
     lr: float = 0.002
     beta1: float = 0.9  # Adam beta1
@@ -91,6 +95,8 @@ def validate(cfg: Config) -> None:
 
     need(cfg.kl_anneal in KL_ANNEAL_MODES, "kl_anneal", "one of " + ", ".join(KL_ANNEAL_MODES))
     need(cfg.kl_anneal_unit in ("epoch", "step"), "kl_anneal_unit", "'epoch' or 'step'")
+    need(cfg.train_window in ("first", "random"), "train_window", "'first' or 'random'")
+    need(cfg.init in ("svg", "torch"), "init", "'svg' or 'torch'")
     need(cfg.kl_anneal_cycle >= 1, "kl_anneal_cycle", "an integer >= 1")
     need(0 < cfg.kl_anneal_ratio <= 1, "kl_anneal_ratio", "a number in (0, 1]")
     need(cfg.lr > 0, "lr", "a positive number")
@@ -161,7 +167,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lab": dict(width=1.0, g_dim=128, z_dim=64, rnn_size=256, predictor_rnn_layers=2,
                 posterior_rnn_layers=1, lr=0.002, batch_size=16, epoch_size=600, epochs=300,
                 n_past=2, n_future=10, tfr=1.0, tfr_start_decay_epoch=10, kl_anneal="cyclical",
-                kl_anneal_cycle=4, kl_anneal_ratio=0.5, val_sequences=256),
+                kl_anneal_cycle=4, kl_anneal_ratio=0.5, val_sequences=256, train_window="first",
+                init="svg"),
     "cpu": dict(width=0.125, g_dim=64, z_dim=8, rnn_size=128, predictor_rnn_layers=2,
                 posterior_rnn_layers=1, lr=0.003, batch_size=8, epoch_size=60, epochs=10,
                 n_past=2, n_future=10, tfr=1.0, tfr_start_decay_epoch=5, tfr_lower_bound=0.0,

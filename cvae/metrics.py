@@ -15,6 +15,7 @@ SSIM_WINDOW = 11  # Gaussian window side (Wang et al. 2004)
 SSIM_SIGMA = 1.5  # Gaussian window standard deviation
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
+SVG_SSIM_WINDOW = 7  # uniform window of skimage's compare_ssim, used by SVG's eval_seq
 
 
 def _check(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,29 +49,41 @@ def _gaussian_window(groups: int, dtype: torch.dtype, device: torch.device) -> t
     return torch.outer(g, g).expand(groups, 1, SSIM_WINDOW, SSIM_WINDOW).contiguous()
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+def ssim(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0,
+         kind: str = "finn") -> torch.Tensor:
     """Structural similarity of each frame, (B, T) (Wang et al. 2004).
 
-    Local statistics come from an 11x11 Gaussian window (sigma 1.5) applied per channel as a
-    'valid' convolution (no padding), with population (not sample) covariances; the SSIM map is
-    averaged over channels and pixels. Same definition as skimage's `structural_similarity(...,
-    gaussian_weights=True, use_sample_covariance=False)` and as the SVG reference code.
-    Frames must be at least 11x11.
+    kind "finn" (default): local statistics from an 11x11 Gaussian window (sigma 1.5) applied
+    per channel as a 'valid' convolution (no padding), population (not sample) covariances,
+    data range 1; the SSIM map averaged over channels and pixels. This is `finn_ssim` of the SVG
+    code base (used by its `finn_eval_seq`) and the lab's SSIM; skimage's
+    `structural_similarity(..., gaussian_weights=True, use_sample_covariance=False)`.
+    kind "svg": what SVG's own `eval_seq` computes, skimage's `compare_ssim` defaults on float
+    frames: a 7x7 uniform window, sample covariances (49/48) and data range 2 (the float dtype
+    range [-1, 1]), `data_range` ignored. Frames must be at least window x window.
     """
+    if kind not in ("finn", "svg"):
+        raise ValueError(f"ssim kind={kind!r}: expected 'finn' or 'svg'")
     pred, target = _check(pred, target)
     b, t, c, h, w = pred.shape
-    if h < SSIM_WINDOW or w < SSIM_WINDOW:
-        raise ValueError(f"ssim needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {h}x{w}")
+    size = SSIM_WINDOW if kind == "finn" else SVG_SSIM_WINDOW
+    if h < size or w < size:
+        raise ValueError(f"ssim needs frames of at least {size}x{size}, got {h}x{w}")
     x = pred.reshape(b * t, c, h, w)  # (B*T, C, H, W): one image per frame
     y = target.reshape(b * t, c, h, w)
-    # Filter the five moment images of every channel in one grouped 'valid' conv:
-    # (B*T, 5C, H, W) -> (B*T, 5C, H-10, W-10).
+    # Filter the five moment images of every channel in one 'valid' pass:
+    # (B*T, 5C, H, W) -> (B*T, 5C, H-size+1, W-size+1).
     moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    filtered = F.conv2d(moments, _gaussian_window(5 * c, x.dtype, x.device), groups=5 * c)
+    if kind == "finn":
+        filtered = F.conv2d(moments, _gaussian_window(5 * c, x.dtype, x.device), groups=5 * c)
+        cov_norm = 1.0
+    else:
+        filtered = F.avg_pool2d(moments, size, stride=1)
+        cov_norm, data_range = size * size / (size * size - 1), 2.0
     mu_x, mu_y, e_xx, e_yy, e_xy = filtered.chunk(5, dim=1)
-    var_x = e_xx - mu_x**2
-    var_y = e_yy - mu_y**2
-    cov_xy = e_xy - mu_x * mu_y
+    var_x = cov_norm * (e_xx - mu_x**2)
+    var_y = cov_norm * (e_yy - mu_y**2)
+    cov_xy = cov_norm * (e_xy - mu_x * mu_y)
 
     c1 = (SSIM_K1 * data_range) ** 2
     c2 = (SSIM_K2 * data_range) ** 2

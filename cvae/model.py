@@ -191,6 +191,20 @@ class GaussianLSTM(StackedLSTM):
         return reparameterize(mu, logvar), mu, logvar, state
 
 
+def init_svg_(module: nn.Module) -> None:
+    """SVG's `utils.init_weights`, applied to every submodule: conv (and transposed conv) and
+    linear weights N(0, 0.02), biases 0; BatchNorm weight N(1, 0.02), bias 0. LSTM cells keep
+    PyTorch's initialisation, as in SVG (their class names match neither pattern)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
 def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """z = mu + sigma * eps, eps ~ N(0, I) (Kingma & Welling 2014, Sec. 2.4): differentiable in
     mu and logvar."""
@@ -202,11 +216,15 @@ def kl_divergence(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: Optional[torch.
     """KL(N(mu1, var1) || N(mu2, var2)) summed over latent dims and averaged over the batch
     (SVG's kl_criterion); N(0, I) when mu2/logvar2 are None (VAE paper, Appendix B:
     -0.5 * sum(1 + log var - mu^2 - var))."""
+    return gaussian_kl(mu1, logvar1, mu2, logvar2).sum() / mu1.shape[0]
+
+
+def gaussian_kl(mu1: torch.Tensor, logvar1: torch.Tensor, mu2: Optional[torch.Tensor] = None,
+                logvar2: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Elementwise KL(N(mu1, var1) || N(mu2, var2)) of diagonal Gaussians, in nats."""
     if mu2 is None:
-        kld = -0.5 * (1 + logvar1 - mu1.pow(2) - logvar1.exp())
-    else:
-        kld = 0.5 * (logvar2 - logvar1 + (logvar1.exp() + (mu1 - mu2).pow(2)) / logvar2.exp() - 1)
-    return kld.sum() / mu1.shape[0]
+        return -0.5 * (1 + logvar1 - mu1.pow(2) - logvar1.exp())
+    return 0.5 * (logvar2 - logvar1 + (logvar1.exp() + (mu1 - mu2).pow(2)) / logvar2.exp() - 1)
 
 
 class VectorCondition(nn.Module):
@@ -247,6 +265,8 @@ class SVG(nn.Module):
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_rnn_layers)
         self.prior = (GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.prior_rnn_layers)
                       if cfg.learned_prior else None)
+        if cfg.init == "svg":
+            init_svg_(self)
 
     # -------------------------------------------------------------- helpers over (T, B, ...)
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -346,12 +366,34 @@ class SVG(nn.Module):
 
     # -------------------------------------------------------------- generation
     @torch.no_grad()
-    def predict(self, x_ctx: torch.Tensor, cond: torch.Tensor, n_future: int) -> torch.Tensor:
+    def latents(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Posterior q(z_t | x_1:t) and prior parameters of steps t = 1..T-1 on ground-truth
+        frames x (B, T, 3, 64, 64), as in the teacher-forced training pass: (mu, logvar, mu_p,
+        logvar_p), each (T-1, B, z_dim); the fixed prior's are zeros."""
+        h, _ = self.encode(x)  # (T, B, g)
+        post_state = prior_state = None
+        rows = []
+        for i in range(1, x.shape[1]):
+            _, mu, logvar, post_state = self.posterior(h[i], post_state)
+            if self.prior is None:
+                mu_p = logvar_p = torch.zeros_like(mu)
+            else:
+                _, mu_p, logvar_p, prior_state = self.prior(h[i - 1], prior_state)
+            rows.append((mu, logvar, mu_p, logvar_p))
+        return tuple(torch.stack(r) for r in zip(*rows))
+
+    @torch.no_grad()
+    def predict(self, x_ctx: torch.Tensor, cond: torch.Tensor, n_future: int,
+                x_future: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample n_future frames after the context x_ctx (B, n_past, 3, 64, 64) given the
         conditions of every frame (B, n_past + n_future, C); z from the posterior over the
-        context and from the prior afterwards. Returns (B, n_future, 3, 64, 64)."""
+        context and from the prior afterwards. With the true future frames `x_future`
+        (B, n_future, 3, 64, 64), z keeps coming from the posterior q(z_t | x_1:t) on the true
+        frames (what z can carry at most; the frames fed back are still the model's own).
+        Returns (B, n_future, 3, 64, 64)."""
         n_past = x_ctx.shape[1]
         h_ctx, skips = self.encode(x_ctx)  # (n_past, B, g)
+        h_true = self.encode(x_future)[0] if x_future is not None else None  # (n_future, B, g)
         weights = self.decoder.split_weights()
         terms = self.decoder.skip_terms([s[-1] for s in skips], weights)  # last context frame's
         c = self.condition(cond)
@@ -363,6 +405,8 @@ class SVG(nn.Module):
                 z, _, _, post_state = self.posterior(h_ctx[i], post_state)
                 if self.prior is not None:
                     prior_state = self.prior(h_in, prior_state)[3]
+            elif h_true is not None:
+                z, _, _, post_state = self.posterior(h_true[i - n_past], post_state)
             elif self.prior is not None:
                 z, _, _, prior_state = self.prior(h_in, prior_state)
             else:
