@@ -19,19 +19,31 @@ import torch
 
 from cvae.data import N_FRAMES, BairDataset, DataError, resolve_root
 from cvae.metrics import psnr, ssim
+from cvae.model import gaussian_kl
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u]) > 0.01
 
 
 @torch.no_grad()
 def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, samples: int = 1,
              max_sequences: int = 0, batch_size: int = 32, device: str | torch.device = "cpu",
              shuffle_conditions: bool = False, seed: int = 0,
-             keep_predictions: int = 0) -> dict:
+             keep_predictions: int = 0, z: str = "prior", ssim_kind: str = "finn",
+             latent: bool = False) -> dict:
     """Score `model` on the first n_past + n_future frames of each sequence of `dataset`.
 
     Returns mean and per-frame PSNR/SSIM of the model and of the copy-last-frame baseline;
     with `keep_predictions` = k, also the first k sequences' ground truth and prediction.
     `shuffle_conditions` gives each sequence the conditions of another one (a derangement).
+    `z`: "prior" (the protocol) or "posterior" (z from q(z_t | x_1:t) on the true frames: what
+    z can carry at most). `ssim_kind`: see `cvae.metrics.ssim`. With `latent`, also the KL of
+    the posterior from the prior on the true frames: per predicted step (summed over latent
+    dimensions), per latent dimension (averaged over predicted steps) and the active units
+    (Burda et al. 2016: dimensions whose posterior mean varies across inputs with variance
+    > 0.01; each (sequence, predicted step) counts as one input).
     """
+    if z not in ("prior", "posterior"):
+        raise ValueError(f"z={z!r}: expected 'prior' or 'posterior'")
     was_training = model.training
     model.eval()
     n = len(dataset) if max_sequences <= 0 else min(max_sequences, len(dataset))
@@ -41,8 +53,10 @@ def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, s
     if shuffle_conditions:
         perm = (np.arange(n) + 1 + gen.integers(max(1, n - 1))) % n if n > 1 else perm
     scores = {k: [] for k in ("psnr", "ssim", "base_psnr", "base_ssim")}
+    kls, mus = [], []
     kept_gt, kept_pred = [], []
-    with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for lo in range(0, n, batch_size):
             idx = np.arange(lo, min(n, lo + batch_size))
@@ -52,8 +66,9 @@ def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, s
             target = x[:, n_past:]
             best_psnr = best_ssim = best_pred = None
             for _ in range(samples):
-                pred = model.predict(x[:, :n_past], cond, n_future).float().clamp_(0, 1)
-                p, s = psnr(pred, target), ssim(pred, target)  # (B, n_future)
+                extra = {"x_future": target} if z == "posterior" else {}
+                pred = model.predict(x[:, :n_past], cond, n_future, **extra).float().clamp_(0, 1)
+                p, s = psnr(pred, target), ssim(pred, target, kind=ssim_kind)  # (B, n_future)
                 if best_ssim is None:
                     best_psnr, best_ssim, best_pred = p, s, pred
                 else:
@@ -65,7 +80,13 @@ def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, s
             scores["psnr"].append(best_psnr.cpu())
             scores["ssim"].append(best_ssim.cpu())
             scores["base_psnr"].append(psnr(copy, target).cpu())
-            scores["base_ssim"].append(ssim(copy, target).cpu())
+            scores["base_ssim"].append(ssim(copy, target, kind=ssim_kind).cpu())
+            if latent:  # q and p of the predicted steps: rows n_past-1.. of steps 1..T-1
+                with torch.random.fork_rng(devices=devices):  # z draws unchanged by this pass
+                    params = model.latents(x)
+                mu, logvar, mu_p, logvar_p = (v[n_past - 1:].float() for v in params)
+                kls.append(gaussian_kl(mu, logvar, mu_p, logvar_p).cpu())  # (n_future, B, z)
+                mus.append(mu.cpu())
             if len(kept_gt) * batch_size < keep_predictions:
                 kept_gt.append(x.cpu())
                 kept_pred.append(best_pred.cpu())
@@ -73,7 +94,7 @@ def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, s
     per = {k: torch.cat(v).double() for k, v in scores.items()}  # (N, n_future)
     out = {
         "n_sequences": n, "n_past": n_past, "n_future": n_future, "samples": samples,
-        "shuffle_conditions": shuffle_conditions,
+        "shuffle_conditions": shuffle_conditions, "z": z, "ssim_kind": ssim_kind,
         "psnr": per["psnr"].mean().item(), "ssim": per["ssim"].mean().item(),
         "baseline_psnr": per["base_psnr"].mean().item(),
         "baseline_ssim": per["base_ssim"].mean().item(),
@@ -82,6 +103,12 @@ def evaluate(model, dataset: BairDataset, n_past: int = 2, n_future: int = 10, s
         "baseline_psnr_per_frame": per["base_psnr"].mean(0).tolist(),
         "baseline_ssim_per_frame": per["base_ssim"].mean(0).tolist(),
     }
+    if latent:
+        kl = torch.cat(kls, 1).double()  # (n_future, N, z_dim)
+        variance = torch.cat(mus, 1).double().flatten(0, 1).var(0, correction=0)  # (z_dim,)
+        out.update(kl=kl.sum(2).mean().item(), kl_per_step=kl.sum(2).mean(1).tolist(),
+                   kl_per_dim=kl.mean((0, 1)).tolist(), posterior_mean_variance=variance.tolist(),
+                   active_units=int((variance > ACTIVE_UNIT_THRESHOLD).sum()))
     if keep_predictions:
         out["ground_truth"] = torch.cat(kept_gt)[:keep_predictions]
         out["prediction"] = torch.cat(kept_pred)[:keep_predictions]
@@ -115,7 +142,8 @@ def save_media(result: dict, media_dir: Path, label: str = "") -> dict:
 def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test", n_past: int = 2,
                         n_future: int = 10, samples: int = 1, shuffle_conditions: bool = False,
                         media_dir: Optional[str | Path] = None, max_sequences: int = 0,
-                        device: str = "cpu", seed: int = 0) -> dict:
+                        device: str = "cpu", seed: int = 0, z: str = "prior",
+                        ssim_kind: str = "finn", latent: bool = False) -> dict:
     """Evaluate a checkpoint on a split (data=None: the data it was trained on, else the
     embedded synthetic data); with `media_dir`, also write a GIF, a grid and a PSNR plot."""
     from cvae.checkpoint import load_model
@@ -125,7 +153,8 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test", n
     dataset = BairDataset(root, split, seq_len=n_past + n_future, cond_stats=stats)
     result = evaluate(model, dataset, n_past, n_future, samples=samples, device=device,
                       max_sequences=max_sequences, shuffle_conditions=shuffle_conditions,
-                      seed=seed, keep_predictions=1 if media_dir else 0)
+                      seed=seed, keep_predictions=1 if media_dir else 0, z=z,
+                      ssim_kind=ssim_kind, latent=latent)
     result.update(checkpoint=str(path), data=str(root), split=split)
     if media_dir:
         result["media"] = save_media(result, Path(media_dir))
@@ -136,11 +165,18 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test", n
 def _print_result(r: dict) -> None:
     print(f"{r['split']} split of {r['data']}: {r['n_sequences']} sequences, "
           f"{r['n_past']} past -> {r['n_future']} future, {r['samples']} sample(s)"
-          + (", conditions shuffled" if r["shuffle_conditions"] else ""))
+          + (", conditions shuffled" if r["shuffle_conditions"] else "")
+          + (", z from the posterior" if r["z"] == "posterior" else "")
+          + (", SSIM as SVG's eval_seq" if r["ssim_kind"] == "svg" else ""))
     print(f"  model            PSNR {r['psnr']:6.2f} dB   SSIM {r['ssim']:.4f}")
     print(f"  copy last frame  PSNR {r['baseline_psnr']:6.2f} dB   SSIM {r['baseline_ssim']:.4f}")
     print(f"  model - baseline {r['psnr'] - r['baseline_psnr']:+6.2f} dB")
     print("  PSNR per frame: " + " ".join(f"{v:.1f}" for v in r["psnr_per_frame"]))
+    if "kl" in r:
+        print(f"  KL(q || p) per predicted step {r['kl']:.3f} nats; per step: "
+              + " ".join(f"{v:.2f}" for v in r["kl_per_step"]))
+        print(f"  active latent units {r['active_units']} of {len(r['kl_per_dim'])}; KL per dim: "
+              + " ".join(f"{v:.2f}" for v in r["kl_per_dim"]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
                                      samples=args.samples,
                                      shuffle_conditions=args.shuffle_conditions,
                                      media_dir=args.media, max_sequences=args.max_sequences,
-                                     device=args.device, seed=args.seed)
+                                     device=args.device, seed=args.seed, z=args.z,
+                                     ssim_kind=args.ssim, latent=True)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -187,6 +224,14 @@ def register(subparsers) -> None:
                    help="score only the first N sequences (default: 0 = all)")
     p.add_argument("--media", default=None, metavar="DIR",
                    help="also write a GIF, a per-timestep grid and a PSNR plot into DIR")
+    p.add_argument("--z", default="prior", choices=["prior", "posterior"],
+                   help="where z comes from for the predicted frames: the prior (the protocol; "
+                        "default) or the posterior on the true frames (an upper bound on what z "
+                        "can carry)")
+    p.add_argument("--ssim", default="finn", choices=["finn", "svg"],
+                   help="SSIM definition: finn (11x11 Gaussian window, the lab's and SVG's "
+                        "finn_eval_seq; default) or svg (SVG's eval_seq: skimage defaults, 7x7 "
+                        "uniform window, data range 2)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the z samples (default: 0)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

@@ -132,6 +132,8 @@ class Trainer:
         t = cfg.n_past + cfg.n_future
         idx = self.rng.integers(n, size=cfg.batch_size)
         starts = self.rng.integers(N_FRAMES - t + 1, size=cfg.batch_size)  # random windows
+        if cfg.train_window == "first":  # drawn anyway: both choices see the same other draws
+            starts = np.zeros_like(starts)
         x, c = self.train_set.batch(idx, starts)
         pin = self.device.type == "cuda"
         x = (x.pin_memory() if pin else x).to(self.device, non_blocking=True)
