@@ -33,7 +33,7 @@ IMAGE_SIZE = 64
 ACTION_DIM = 4  # dx, dy, lift, gripper
 POSITION_DIM = 3  # end-effector x, y, z
 COND_DIM = ACTION_DIM + POSITION_DIM
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # bump when the fingerprint or the cached arrays change meaning
 
 
 class DataError(ValueError):
@@ -120,11 +120,15 @@ def _cache_dir(root: Path) -> Path:
 
 
 def _fingerprint(root: Path, dirs: Sequence[Path]) -> str:
-    """Names and modification times of the sequence folders (adding, removing or replacing
-    files in a sequence folder changes its mtime)."""
+    """Name, size and modification time of every file of every sequence folder: an in-place
+    edit (a PNG overwritten, a CSV edited) changes it even where the folder's mtime does not.
+    One stat call per file, no reading."""
     h = hashlib.sha1(str(CACHE_VERSION).encode())
     for d in dirs:
-        h.update(f"{d.relative_to(root)}:{d.stat().st_mtime_ns};".encode())
+        h.update(f"{d.relative_to(root)}/".encode())
+        for entry in sorted(os.scandir(d), key=lambda e: e.name):
+            st = entry.stat()
+            h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()
 
 
@@ -326,9 +330,22 @@ def _format_report(report: dict) -> str:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    report = check_data(Path(args.dir))
-    print(json.dumps(report, indent=2) if args.json else _format_report(report))
-    return 1 if report["problems"] else 0
+    dirs = [Path(d) for d in args.dir] or [resolve_root(None)]
+    if args.stats:
+        from cvae.datastats import dataset_stats, format_stats
+        try:
+            columns = [dataset_stats(d, max_sequences=args.max_sequences) for d in dirs]
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(json.dumps(columns, indent=2) if args.json else format_stats(columns))
+        return 0
+    status = 0
+    for d in dirs:
+        report = check_data(d)
+        print(json.dumps(report, indent=2) if args.json else _format_report(report))
+        status = max(status, 1 if report["problems"] else 0)
+    return status
 
 
 def register(subparsers) -> None:
@@ -337,6 +354,14 @@ def register(subparsers) -> None:
         description="Validate every sequence of a dataset root (<root>/<split>/<traj>/<k>/...): "
                     "print per-split counts, frame shape, condition dims and value ranges. "
                     "Exits 1 when any sequence is bad, listing each problem.")
-    p.add_argument("dir", help="dataset root holding train/, validate/ and/or test/")
+    p.add_argument("dir", nargs="*",
+                   help="dataset roots holding train/, validate/ and/or test/ (default: the "
+                        "embedded synthetic data); with --stats also a GIF of frames")
+    p.add_argument("--stats", action="store_true",
+                   help="print statistics to compare with real BAIR (colour, pixels changed "
+                        "between frames, position step per action, action value sets, "
+                        "copy-last PSNR), one column per dataset")
+    p.add_argument("--max-sequences", type=int, default=40,
+                   help="sequences per dataset for --stats (default: 40)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_check)

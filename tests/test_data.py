@@ -1,4 +1,6 @@
+import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -8,8 +10,8 @@ import torch
 from PIL import Image
 
 from cvae.__main__ import main
-from cvae.data import (BairDataset, CondStats, DataError, check_data, load_split, read_sequence,
-                       sequence_dirs)
+from cvae.data import (BairDataset, CondStats, DataError, _cache_dir, check_data, load_split,
+                       read_sequence, sequence_dirs)
 
 SEQ = "traj_0_to_255.tfrecords/175"
 
@@ -72,6 +74,47 @@ def test_decoded_cache_is_reused_and_refreshed(bair_sample, tmp_path):
     (seq / "0.tmp.png").replace(seq / "0.png")
     rebuilt = load_split(tmp_path, "test", progress=False)
     assert rebuilt.frames[0, 0].max() == 0
+
+
+def test_in_place_edits_refresh_the_decoded_cache(bair_sample, tmp_path):
+    """Overwriting a PNG or editing a CSV in place leaves the folder's mtime as it was (here
+    restored explicitly); the cache must still see the change."""
+    seq = copy_sample(bair_sample, tmp_path)
+    frames_file = _cache_dir(tmp_path) / "test.frames.npy"
+
+    def reload_keeping_folder_mtime(edit) -> tuple:
+        before = os.stat(seq)
+        edit()
+        os.utime(seq, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert os.stat(seq).st_mtime_ns == before.st_mtime_ns
+        return load_split(tmp_path, "test", progress=False)
+
+    first = load_split(tmp_path, "test", progress=False)
+    inode = frames_file.stat().st_ino
+    assert first.frames[0, 5].max() > 0 and first.conds[0, 3, 0] != 0.25
+    same = load_split(tmp_path, "test", progress=False)
+    assert frames_file.stat().st_ino == inode  # unchanged data: the cache is reused
+    assert np.array_equal(same.frames, first.frames)
+
+    def overwrite_png():
+        with open(seq / "5.png", "r+b") as f:  # same file, new content
+            buf = io.BytesIO()
+            Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(buf, format="PNG")
+            f.write(buf.getvalue())
+            f.truncate()
+
+    png = reload_keeping_folder_mtime(overwrite_png)
+    assert png.frames[0, 5].max() == 0 and np.array_equal(png.frames[0, 4], first.frames[0, 4])
+
+    def edit_csv():
+        lines = (seq / "actions.csv").read_text().splitlines()
+        lines[3] = ",".join(["0.25"] + lines[3].split(",")[1:])
+        with open(seq / "actions.csv", "r+") as f:
+            f.write("\n".join(lines) + "\n")
+            f.truncate()
+
+    csv = reload_keeping_folder_mtime(edit_csv)
+    assert csv.conds[0, 3, 0] == 0.25 and np.array_equal(csv.conds[0, 4], first.conds[0, 4])
 
 
 def test_enumeration_is_deterministic_and_does_not_assume_k(tmp_path, bair_sample):
