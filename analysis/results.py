@@ -124,10 +124,7 @@ def load_experiment(path: Path | str) -> Experiment:
         seen.add(tid)
         params_file = path / name / "params.json"
         params = _read_json(params_file) if params_file.is_file() else {}
-        # history.json (the launcher's gap-free timeline) when present, else Ray's result.json
-        timeline = path / name / "history.json"
-        history = _history(_read_json(timeline) if timeline.is_file() else rows)
-        history = history.assign(trial_id=tid)
+        history = read_history(path / name).assign(trial_id=tid)
         histories.append(history)
         checkpoints += _checkpoints(path / name, rows, tid)
         trial_rows.append(_trial(tid, name, params, history, registry.get(tid), sweep))
@@ -146,6 +143,15 @@ def load_experiment(path: Path | str) -> Experiment:
                else pd.DataFrame(columns=columns))
     ckpt_cols = ["trial_id", "name", "path", "epoch", "val_psnr"]
     return Experiment(path, sweep, trials, history, pd.DataFrame(checkpoints, columns=ckpt_cols))
+
+
+def read_history(trial_dir: Path | str) -> pd.DataFrame:
+    """One trial's per-epoch rows as in `Experiment.history` (without trial_id): the launcher's
+    history.json when present, else Ray's result.json."""
+    trial_dir = Path(trial_dir)
+    timeline = trial_dir / "history.json"
+    return _history(_read_json(timeline) if timeline.is_file()
+                    else _read_lines(trial_dir / "result.json"))
 
 
 def best_checkpoint(exp: Experiment, trial_id: str) -> Optional[tuple[Path, int]]:

@@ -61,6 +61,11 @@ class TrialResources:
         """torch threads: the CPUs the trial holds (at least one)."""
         return max(1, int(self.cpu))
 
+    def config(self) -> dict[str, Any]:
+        """The trial config keys that carry these resources to cvae.config.Config."""
+        return {"device": self.device, "threads": self.threads,
+                "gpu_memory_fraction": self.gpu if 0 < self.gpu < 1 else 0.0}
+
     def describe(self) -> str:
         where = f"GPU ({self.gpu:g} each)" if self.gpu else "CPU"
         return f"trials run on {where}, {self.cpu:g} CPU and {self.threads} torch thread(s) each"
