@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -144,9 +145,38 @@ class SplitArrays:
         return len(self.names)
 
 
+_HOST = socket.gethostname()  # temp files carry host and pid: caches may be shared between hosts
+_TMP_SUFFIXES = ("frames.npy", "conds.npy", "index.json")
+_TMP_NAME = re.compile(r"^[^.]+\.(?:(?P<host>.+)\.)?(?P<pid>\d+)\.tmp\.(?:"
+                       + "|".join(re.escape(s) for s in _TMP_SUFFIXES) + ")$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temp_files() -> list[Path]:
+    """Remove the decoded caches' temp files left by killed processes of this host (pid no
+    longer alive); returns the removed paths."""
+    removed = []
+    for path in (default_cache_dir() / "decoded").glob("*/*.tmp.*"):
+        m = _TMP_NAME.match(path.name)
+        if m and m["host"] in (None, _HOST) and not _pid_alive(int(m["pid"])):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def load_split(root: Path | str, split: str, progress: bool = True) -> SplitArrays:
     """Decode a split once into the cache and memory-map it; reuse while the data is unchanged."""
     root = Path(root)
+    remove_stale_temp_files()
     dirs = sequence_dirs(root, split)
     if not dirs:
         where = root / split
@@ -166,22 +196,29 @@ def load_split(root: Path | str, split: str, progress: bool = True) -> SplitArra
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild it
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = f"{stem}.{os.getpid()}.tmp"
-    frames = np.lib.format.open_memmap(f"{tmp}.frames.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(dirs), N_FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))
-    conds = np.empty((len(dirs), N_FRAMES, COND_DIM), dtype=np.float32)
-    start = time.time()
-    for i, d in enumerate(dirs):
-        frames[i], conds[i] = read_sequence(d)
-        if progress and len(dirs) >= 100 and (i + 1) % (len(dirs) // 10) == 0:
-            print(f"decoding {root / split}: {i + 1}/{len(dirs)} sequences "
-                  f"({time.time() - start:.0f} s)", file=sys.stderr)
-    frames.flush()
-    del frames
-    np.save(f"{tmp}.conds.npy", conds)
-    os.replace(f"{tmp}.frames.npy", f"{stem}.frames.npy")
-    os.replace(f"{tmp}.conds.npy", f"{stem}.conds.npy")
-    index_path.write_text(json.dumps({"fingerprint": fingerprint, "names": names}))
+    tmp = f"{stem}.{_HOST}.{os.getpid()}.tmp"
+    try:
+        frames = np.lib.format.open_memmap(f"{tmp}.frames.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(dirs), N_FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))
+        conds = np.empty((len(dirs), N_FRAMES, COND_DIM), dtype=np.float32)
+        start = time.time()
+        for i, d in enumerate(dirs):
+            frames[i], conds[i] = read_sequence(d)
+            if progress and len(dirs) >= 100 and (i + 1) % (len(dirs) // 10) == 0:
+                print(f"decoding {root / split}: {i + 1}/{len(dirs)} sequences "
+                      f"({time.time() - start:.0f} s)", file=sys.stderr)
+        frames.flush()
+        del frames
+        np.save(f"{tmp}.conds.npy", conds)
+        index_path.unlink(missing_ok=True)  # no index may vouch for half-replaced arrays
+        os.replace(f"{tmp}.frames.npy", f"{stem}.frames.npy")
+        os.replace(f"{tmp}.conds.npy", f"{stem}.conds.npy")
+        Path(f"{tmp}.index.json").write_text(json.dumps({"fingerprint": fingerprint,
+                                                          "names": names}))
+        os.replace(f"{tmp}.index.json", index_path)
+    finally:  # a failed or interrupted decode leaves nothing behind
+        for suffix in _TMP_SUFFIXES:
+            Path(f"{tmp}.{suffix}").unlink(missing_ok=True)
     if progress:
         print(f"decoded cache of {root / split}: {stem}.frames.npy", file=sys.stderr)
     return SplitArrays(split, np.load(f"{stem}.frames.npy", mmap_mode="r"),

@@ -2,6 +2,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cvae import data
 from cvae.__main__ import main
 from cvae.data import (BairDataset, CondStats, DataError, _cache_dir, check_data, load_split,
                        read_sequence, sequence_dirs)
@@ -115,6 +118,44 @@ def test_in_place_edits_refresh_the_decoded_cache(bair_sample, tmp_path):
 
     csv = reload_keeping_folder_mtime(edit_csv)
     assert csv.conds[0, 3, 0] == 0.25 and np.array_equal(csv.conds[0, 4], first.conds[0, 4])
+
+
+@pytest.mark.parametrize("failure", ["bad frame", "interrupted"])
+def test_a_failed_decode_leaves_no_temp_files(bair_sample, tmp_path, monkeypatch, failure):
+    seq = copy_sample(bair_sample, tmp_path)
+    if failure == "bad frame":
+        (seq / "5.png").write_bytes(b"not a png")
+        expected = DataError
+    else:
+        def interrupt(d, n_frames=30):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(data, "read_sequence", interrupt)
+        expected = KeyboardInterrupt
+    with pytest.raises(expected):
+        load_split(tmp_path, "test", progress=False)
+    cache = _cache_dir(tmp_path)
+    assert cache.is_dir() and sorted(p.name for p in cache.iterdir()) == []
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(bair_sample, tmp_path):
+    copy_sample(bair_sample, tmp_path)
+    cache = _cache_dir(tmp_path)
+    cache.mkdir(parents=True)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # its pid is no longer alive
+    dead, alive = child.pid, os.getppid()
+    names = {f"test.{data._HOST}.{dead}.tmp.frames.npy": False,  # killed decode: removed
+             f"test.{data._HOST}.{dead}.tmp.index.json": False,
+             f"validate.{dead}.tmp.conds.npy": False,  # older name without the host
+             f"test.{data._HOST}.{alive}.tmp.frames.npy": True,  # still decoding: kept
+             f"test.elsewhere.{dead}.tmp.frames.npy": True}  # another host's pid: kept
+    for name in names:
+        (cache / name).write_bytes(b"\0" * 1000)
+    load_split(tmp_path, "test", progress=False)
+    left = {p.name for p in cache.iterdir()}
+    assert {n for n, kept in names.items() if n in left} == {n for n, kept in names.items()
+                                                             if kept}
+    assert {"test.frames.npy", "test.conds.npy", "test.index.json"} <= left
 
 
 def test_enumeration_is_deterministic_and_does_not_assume_k(tmp_path, bair_sample):
