@@ -11,7 +11,8 @@ driver staging directory, and are replaced atomically (write, then move):
   history is the gap-free, duplicate-free timeline that led to the trial's last result.
 - `trials.json` (format in docs/CONTRACTS.md), written after every forced experiment-state save
   (`flush`, called by `search.scheduler.SweepScheduler`) and at the end.
-- `optuna_trials.json`: every Optuna trial's state, value, params and intermediate values.
+- `optuna_journal.log` (remote storage only; a local experiment directory holds the journal
+  itself): a copy of the Optuna study's journal, uploaded at every flush.
 
 Its state (trial records, histories, ASHA's rung records) is saved with Tune's experiment state
 (`get_state`/`set_state`), so `--resume` continues with it.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pyarrow.fs
 from ray.tune import Callback
 
-from search.searcher import trial_summary
+from search.searcher import JOURNAL
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -100,11 +102,13 @@ class SweepCallback(Callback):
         table_every_s: seconds between compact tables (0 = never).
         when: conditions of conditional parameters ({name: {parent: [values]}}); an inactive
             parameter shows as '-' instead of the base value the trial runs with.
+        journal_copy: the local Optuna journal to upload at each flush (remote storage).
     """
 
     def __init__(self, *, searched: list[str], metric: str, mode: str, max_t: int,
                  searcher: "SweepSearcher", scheduler: "SweepScheduler",
-                 table_every_s: float = 60.0, when: Optional[dict[str, dict]] = None):
+                 table_every_s: float = 60.0, when: Optional[dict[str, dict]] = None,
+                 journal_copy: Optional[str] = None):
         self.searched = searched
         self.when = when or {}
         self.metric = metric
@@ -113,6 +117,7 @@ class SweepCallback(Callback):
         self.searcher = searcher
         self.scheduler = scheduler
         self.table_every_s = table_every_s
+        self.journal_copy = journal_copy
         self.records: dict[str, dict[str, Any]] = {}  # trial_id -> trials.json entry + extras
         self.histories: dict[str, dict[int, dict]] = {}  # trial_id -> epoch -> row
         self._fs: Optional[pyarrow.fs.FileSystem] = None
@@ -210,15 +215,18 @@ class SweepCallback(Callback):
     # --- files -------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Write trials.json and optuna_trials.json (after a durable experiment-state save)."""
+        """Write trials.json (after a durable experiment-state save) and upload the Optuna
+        journal when the experiment is on remote storage."""
         if self._fs is None:
             return
         trials = {tid: {k: r.get(k) for k in
                         ("dir", "status", "epochs", "best_val_psnr", "optuna_state")}
                   for tid, r in self.records.items()}
         write_json(self._fs, f"{self._exp_path}/trials.json", trials)
-        write_json(self._fs, f"{self._exp_path}/optuna_trials.json",
-                   trial_summary(self.searcher.study))
+        if self.journal_copy and os.path.exists(self.journal_copy):
+            with open(self.journal_copy, "rb") as src, \
+                    self._fs.open_output_stream(f"{self._exp_path}/{JOURNAL}") as dst:
+                dst.write(src.read())
 
     def _write_history(self, trial: "Trial") -> None:
         rows = [row for _, row in sorted(self.histories[trial.trial_id].items())]

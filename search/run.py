@@ -384,6 +384,7 @@ def run_sweep(space: Space, *, resources: Any, trainable: Optional[Callable] = N
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from search.progress import open_storage, read_json, trial_dirname, trial_name, write_json
+    from search.searcher import JOURNAL
 
     quiet_tune()
     if trainable is None:
@@ -394,12 +395,18 @@ def run_sweep(space: Space, *, resources: Any, trainable: Optional[Callable] = N
     fs_path = f"{root}/{space.name}"
     wrapped = tune.with_resources(trainable, {"cpu": resources.cpu, "gpu": resources.gpu})
 
+    journal, remote = journal_path(storage, space.name), "://" in storage
+    if not resume:  # a new sweep starts a new study, whatever a failed start left
+        Path(journal).unlink(missing_ok=True)
     if resume:
+        if remote:  # the study's journal continues from the uploaded copy
+            download(fs, f"{fs_path}/{JOURNAL}", journal)
         tuner = Tuner.restore(path, trainable=wrapped, resume_unfinished=True,
                               resume_errored=True)
         sweep_json = read_json(fs, f"{fs_path}/sweep.json")
     else:
-        searcher, scheduler, callback = components(space, table_every_s)
+        searcher, scheduler, callback = components(space, table_every_s, journal=journal,
+                                                   upload_journal=remote)
         limited = (tune.search.ConcurrencyLimiter(searcher, max_concurrent=space.max_concurrent)
                    if space.max_concurrent else searcher)
         param_space = {**trial_config(space, {}), **resources.config()}
@@ -441,8 +448,31 @@ def quiet_tune() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def components(space: Space, table_every_s: float = TABLE_EVERY_S):
-    """(searcher, scheduler, callback) of a new sweep.
+def journal_path(storage: str, name: str) -> str:
+    """The local file holding the sweep's Optuna study: in the experiment directory, or for
+    remote storage in a local folder whose journal the callback uploads at every flush."""
+    from search.searcher import JOURNAL
+
+    if "://" not in storage:
+        return f"{storage}/{name}/{JOURNAL}"
+    return str(Path(tempfile.gettempdir()) / "cvae-sweeps" / name / JOURNAL)
+
+
+def download(fs: Any, src: str, dst: str) -> None:
+    """Copy a file from the experiment's filesystem to a local path, if it exists there."""
+    import pyarrow.fs
+
+    if fs.get_file_info(src).type != pyarrow.fs.FileType.File:
+        return
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    with fs.open_input_stream(src) as f:
+        Path(dst).write_bytes(f.readall())
+
+
+def components(space: Space, table_every_s: float = TABLE_EVERY_S,
+               journal: Optional[str] = None, upload_journal: bool = False):
+    """(searcher, scheduler, callback) of a new sweep; `journal`: the Optuna study's journal
+    file (None: in memory), uploaded by the callback when `upload_journal`.
 
     Metric wiring: TuneConfig gets no metric/mode (Tune refuses a scheduler that has its own
     when TuneConfig sets them); ASHA ranks on the scheduler metric (val_psnr_best under
@@ -458,7 +488,8 @@ def components(space: Space, table_every_s: float = TABLE_EVERY_S):
     searcher = SweepSearcher(define_by_run(space), metric=space.metric, mode=space.mode,
                              report_metric=rank_on, max_t=space.asha["max_t"],
                              sampler=make_sampler(space.seed, space.num_samples),
-                             points_to_evaluate=space.points_to_evaluate or None)
+                             points_to_evaluate=space.points_to_evaluate or None,
+                             journal=journal)
     scheduler = SweepScheduler(metric=rank_on, mode=space.mode, max_t=space.asha["max_t"],
                                grace_period=space.asha["grace_period"],
                                reduction_factor=space.asha["reduction_factor"],
@@ -466,7 +497,8 @@ def components(space: Space, table_every_s: float = TABLE_EVERY_S):
     callback = SweepCallback(searched=[p.name for p in space.params], metric=space.metric,
                              when={p.name: p.when for p in space.params if p.when},
                              mode=space.mode, max_t=space.asha["max_t"], searcher=searcher,
-                             scheduler=scheduler, table_every_s=table_every_s)
+                             scheduler=scheduler, table_every_s=table_every_s,
+                             journal_copy=journal if upload_journal else None)
     scheduler.after_save = callback.flush
     return searcher, scheduler, callback
 

@@ -61,6 +61,16 @@ def read(path):
     return json.loads(Path(path).read_text())
 
 
+def study_trials(exp):
+    """The sweep's Optuna trials, read with Optuna's own API from the experiment's journal."""
+    import optuna
+
+    from search.searcher import JOURNAL, STUDY_NAME, journal_storage
+
+    storage = journal_storage(str(exp / JOURNAL))
+    return optuna.load_study(study_name=STUDY_NAME, storage=storage).trials
+
+
 def one_line_error(capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err, err
@@ -209,6 +219,21 @@ def test_history_is_gap_and_duplicate_free(tmp_path, capsys):
     assert "t1   started" in capsys.readouterr().out
 
 
+def test_flush_uploads_the_journal_of_a_remote_experiment(tmp_path):
+    local = tmp_path / "local" / "optuna_journal.log"
+    local.parent.mkdir()
+    local.write_bytes(b'{"op_code": 0}\n')
+    callback = SweepCallback(searched=["lr"], metric="val_psnr", mode="max", max_t=5,
+                             searcher=SimpleNamespace(outcomes={}),
+                             scheduler=SimpleNamespace(rung_state=lambda: {}),
+                             journal_copy=str(local))
+    trial = fake_trial(tmp_path / "exp")
+    callback.on_trial_start(0, [trial], trial)
+    callback.flush()
+    assert (tmp_path / "exp" / "optuna_journal.log").read_bytes() == b'{"op_code": 0}\n'
+    assert read(tmp_path / "exp" / "trials.json")["abc"]["status"] == "running"
+
+
 # --- sweeps on a local Ray instance ------------------------------------------------------------
 
 def free_port():
@@ -269,13 +294,14 @@ def test_sweep_outcomes(fast_sweep):
     assert by_status.get("early_stopped") and by_status.get("completed")
     assert len(by_status.get("diverged", [])) >= 1  # the first starting point, lr=0.03
     assert all(t["epochs"] < 4 for t in by_status["early_stopped"])
-    optuna = {t["ray_trial_id"]: t for t in read(fast_sweep.exp / "optuna_trials.json")}
+    optuna = {t.user_attrs["ray_trial_id"]: t for t in study_trials(fast_sweep.exp)}
     for trial_id, t in trials.items():
-        assert optuna[trial_id]["state"] == t["optuna_state"]
+        assert optuna[trial_id].state.name == t["optuna_state"]
         if t["status"] == "diverged":
-            assert optuna[trial_id]["value"] == 0.0
+            assert optuna[trial_id].value == 0.0
         if t["status"] == "completed":
-            assert optuna[trial_id]["value"] == pytest.approx(t["best_val_psnr"])
+            assert optuna[trial_id].value == pytest.approx(t["best_val_psnr"])
+    assert not (fast_sweep.exp / "optuna_trials.json").exists()
     sweep = read(fast_sweep.exp / "sweep.json")
     assert sweep["finished"] is True and sweep["wall_time_s"] > 0
     assert sweep["num_samples"] == 6 and sweep["base"]["preset"] == "tiny"

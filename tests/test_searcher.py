@@ -144,21 +144,58 @@ def test_last_metric_reports_last_values(tmp_path):
     assert trial.intermediate_values == {1: 19.0, 2: 18.0}
 
 
-def test_searcher_state_survives_save_and_restore(tmp_path):
+def test_study_is_in_its_journal_and_resume_continues_it(tmp_path):
+    """The study lives in a journal file Optuna's own tools open; the searcher's state is JSON;
+    a restored searcher (unpickled as Ray's tuner.pkl holds it, then given its JSON state)
+    continues the same study, and marks FAIL what Ray never recorded."""
+    import json
+
+    import optuna
+    from ray import cloudpickle
+
+    from search.searcher import STUDY_NAME, journal_storage
+
     space = make_space(tmp_path, epochs=4)
-    searcher, _, _ = components(space)
+    journal = str(tmp_path / "exp" / "optuna_journal.log")
+    searcher, _, _ = components(space, journal=journal)
+    pickled = cloudpickle.dumps(searcher)  # as Tuner pickles it into tuner.pkl before fit
     suggest_all(searcher, 2)
     searcher.on_trial_result("t0", row(1, 19.0, 19.0))
     searcher.on_trial_complete("t0", row(2, 18.5, 19.0))
     searcher.on_trial_result("t1", row(1, 20.0, 20.0))
-    path = tmp_path / "searcher.pkl"
-    searcher.save(str(path))
-    restored, _, _ = components(space)
-    restored.restore(str(path))
+    state = tmp_path / "searcher-state-1.json"
+    searcher.save(str(state))
+    assert json.loads(state.read_text())["numbers"] == {"t0": 0, "t1": 1}
+    searcher.suggest("t2")  # asked from Optuna, then the driver died before Ray saved
+
+    outside = optuna.load_study(study_name=STUDY_NAME, storage=journal_storage(journal))
+    assert [t.state.name for t in outside.trials] == ["PRUNED", "RUNNING", "RUNNING"]
+    assert outside.trials[1].intermediate_values == {1: 20.0}
+    assert outside.trials[1].user_attrs["ray_trial_id"] == "t1"
+
+    restored = cloudpickle.loads(pickled)
+    restored.restore(str(state))
     assert restored.outcomes == {"t0": "PRUNED"}
+    restored.on_trial_result("t1", row(1, 20.0, 20.0))  # replayed step: not reported twice
+    restored.on_trial_result("t1", row(2, 20.5, 20.5))
     restored.on_trial_complete("t1", row(4, 21.0, 21.0))
-    assert restored.study.trials[1].state == TrialState.COMPLETE
-    assert restored.study.trials[1].value == 21.0
+    restored.suggest("t3")
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=journal_storage(journal)).trials
+    assert [t.state.name for t in trials] == ["PRUNED", "COMPLETE", "FAIL", "RUNNING"]
+    assert trials[1].value == 21.0 and trials[1].intermediate_values == {1: 20.0, 2: 20.5, 4: 21.0}
+    assert trials[3].user_attrs["ray_trial_id"] == "t3"
+    assert not list(tmp_path.glob("*.pkl"))
+
+
+def test_restore_without_its_journal_says_so(tmp_path):
+    space = make_space(tmp_path, epochs=4)
+    journal = tmp_path / "exp" / "optuna_journal.log"
+    searcher, _, _ = components(space, journal=str(journal))
+    suggest_all(searcher, 1)
+    searcher.save(str(tmp_path / "state.json"))
+    journal.unlink()
+    with pytest.raises(FileNotFoundError, match="optuna_journal.log is missing"):
+        components(space, journal=str(journal))[0].restore(str(tmp_path / "state.json"))
 
 
 def test_small_sweeps_get_tpe_proposals():
