@@ -45,18 +45,36 @@ def _natural_key(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
 
 
-def sequence_dirs(root: Path, split: str) -> list[Path]:
-    """Every sequence directory of a split in a deterministic (natural) order.
+def scan_split(root: Path, split: str) -> tuple[list[Path], list[str]]:
+    """Every sequence directory of a split in a deterministic (natural) order, and a problem
+    line for each file standing where the layout has a folder (hidden files are ignored).
 
     Sequence directories are found by enumeration, never by assuming the range of `k`.
     """
     split_dir = Path(root) / split
     if not split_dir.is_dir():
-        return []
-    found = []
-    for traj in sorted((p for p in split_dir.iterdir() if p.is_dir()), key=_natural_key):
-        found.extend(sorted((p for p in traj.iterdir() if p.is_dir()), key=_natural_key))
-    return found
+        return [], []
+    found, stray = [], []
+
+    def listing(folder: Path) -> list[Path]:
+        return sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
+                      key=_natural_key)
+
+    for traj in listing(split_dir):
+        if not traj.is_dir():
+            stray.append(f"{traj}: a file where a trajectory folder is expected")
+            continue
+        for seq in listing(traj):
+            if seq.is_dir():
+                found.append(seq)
+            else:
+                stray.append(f"{seq}: a file where a sequence folder is expected")
+    return found, stray
+
+
+def sequence_dirs(root: Path, split: str) -> list[Path]:
+    """Every sequence directory of a split in a deterministic (natural) order."""
+    return scan_split(root, split)[0]
 
 
 def _read_csv(path: Path, columns: int, rows: int) -> np.ndarray:
@@ -76,9 +94,9 @@ def _read_csv(path: Path, columns: int, rows: int) -> np.ndarray:
             values.append([float(c) for c in cells])
         except ValueError:
             raise DataError(f"{path}: line {i} has a non-numeric value: {line[:60]!r}") from None
-    if len(values) < rows:
-        raise DataError(f"{path}: {len(values)} rows, expected at least {rows}")
-    out = np.asarray(values[:rows], dtype=np.float32)
+    if len(values) != rows:
+        raise DataError(f"{path}: {len(values)} rows, expected {rows} (one per frame)")
+    out = np.asarray(values, dtype=np.float32)
     if not np.isfinite(out).all():
         raise DataError(f"{path}: non-finite value (nan or inf)")
     return out
@@ -102,7 +120,8 @@ def _read_frame(path: Path) -> np.ndarray:
 
 
 def read_sequence(seq_dir: Path, n_frames: int = N_FRAMES) -> tuple[np.ndarray, np.ndarray]:
-    """One sequence: frames uint8 (T, 64, 64, 3) and conditions float32 (T, 7)."""
+    """One sequence: frames uint8 (T, 64, 64, 3) and conditions float32 (T, 7); each CSV must
+    hold exactly one row per frame."""
     seq_dir = Path(seq_dir)
     actions = _read_csv(seq_dir / "actions.csv", ACTION_DIM, n_frames)
     positions = _read_csv(seq_dir / "endeffector_positions.csv", POSITION_DIM, n_frames)
@@ -177,11 +196,15 @@ def load_split(root: Path | str, split: str, progress: bool = True) -> SplitArra
     """Decode a split once into the cache and memory-map it; reuse while the data is unchanged."""
     root = Path(root)
     remove_stale_temp_files()
-    dirs = sequence_dirs(root, split)
-    if not dirs:
-        where = root / split
-        raise DataError(f"{where}: " + ("no sequences in split" if where.is_dir()
+    dirs, stray = scan_split(root, split)
+    where = root / split
+    if not where.is_dir():
+        raise DataError(f"{where}: " + ("not a folder" if where.exists()
                                           else "split folder not found"))
+    if stray:
+        raise DataError(stray[0])
+    if not dirs:
+        raise DataError(f"{where}: no sequences in split")
     cache = _cache_dir(root)
     stem = cache / split
     index_path = stem.with_suffix(".index.json")
@@ -313,12 +336,16 @@ def check_data(root: Path) -> dict:
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
+            if split_dir.exists():
+                report["problems"].append(f"{split_dir}: not a folder")
             continue
-        dirs = sequence_dirs(root, split)
-        info: dict = {"sequences": len(dirs), "bad_sequences": 0}
+        dirs, stray = scan_split(root, split)
+        info: dict = {"sequences": len(dirs) + len(stray), "bad_sequences": len(stray)}
         report["splits"][split] = info
+        report["problems"].extend(stray)
         if not dirs:
-            report["problems"].append(f"{split_dir}: no sequences in split")
+            if not stray:
+                report["problems"].append(f"{split_dir}: no sequences in split")
             continue
         lo = np.full(COND_DIM, np.inf)
         hi = np.full(COND_DIM, -np.inf)
@@ -331,7 +358,7 @@ def check_data(root: Path) -> dict:
                 continue
             lo, hi = np.minimum(lo, conds.min(0)), np.maximum(hi, conds.max(0))
             info.setdefault("frame_shape", list(frames.shape[1:]))
-        if info["bad_sequences"] < len(dirs):
+        if "frame_shape" in info:  # at least one good sequence
             info["frames_per_sequence"] = N_FRAMES
             info["condition_dims"] = {"actions": ACTION_DIM, "positions": POSITION_DIM}
             info["action_range"] = [[float(a), float(b)] for a, b in zip(lo[:4], hi[:4])]

@@ -185,7 +185,11 @@ def _break(seq: Path, how: str) -> str:
         return "actions.csv: line 1 has 3 columns, expected 4"
     if how == "rows":
         (seq / "endeffector_positions.csv").write_text("1,2,3\n" * 12)
-        return "endeffector_positions.csv: 12 rows, expected at least 30"
+        return "endeffector_positions.csv: 12 rows, expected 30 (one per frame)"
+    if how == "extra rows":
+        with open(seq / "actions.csv", "a") as f:
+            f.write("0.1,0.2,0,1\n")
+        return "actions.csv: 31 rows, expected 30 (one per frame)"
     if how == "non-numeric":
         lines = (seq / "actions.csv").read_text().splitlines()
         lines[4] = "0.1,abc,0,0"
@@ -195,7 +199,7 @@ def _break(seq: Path, how: str) -> str:
 
 
 @pytest.mark.parametrize("how", ["missing frame", "wrong size", "wrong mode", "columns", "rows",
-                                 "non-numeric"])
+                                 "extra rows", "non-numeric"])
 def test_bad_data_gives_one_line_naming_the_file(bair_sample, tmp_path, how, capsys):
     seq = copy_sample(bair_sample, tmp_path)
     expected = _break(seq, how)
@@ -216,6 +220,28 @@ def test_empty_split_and_missing_root(tmp_path, capsys):
         BairDataset(tmp_path, "train")
     assert main(["check-data", str(tmp_path / "nowhere")]) == 1
     assert "data folder not found" in capsys.readouterr().out
+
+
+def test_files_where_the_layout_has_folders_are_problems(bair_sample, tmp_path, capsys):
+    for k in ("1", "2"):
+        shutil.copytree(bair_sample / "test" / SEQ, tmp_path / "test" / "traj" / k)
+    shutil.rmtree(tmp_path / "test" / "traj" / "2")
+    (tmp_path / "test" / "traj" / "2").write_text("not a sequence")
+    (tmp_path / "test" / "traj" / ".hidden").write_text("ignored")
+    (tmp_path / "train").write_text("not a split")
+    report = check_data(tmp_path)
+    assert report["problems"] == [
+        f"{tmp_path / 'train'}: not a folder",
+        f"{tmp_path / 'test' / 'traj' / '2'}: a file where a sequence folder is expected"]
+    assert report["splits"]["test"]["sequences"] == 2
+    assert report["splits"]["test"]["bad_sequences"] == 1
+    assert main(["check-data", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "2 problem(s)" in out and not out.strip().endswith("ok")
+    with pytest.raises(DataError, match="a file where a sequence folder is expected"):
+        load_split(tmp_path, "test", progress=False)
+    with pytest.raises(DataError, match="train: not a folder"):
+        load_split(tmp_path, "train", progress=False)
 
 
 def test_check_data_lists_every_bad_sequence(bair_sample, tmp_path, capsys):
