@@ -126,7 +126,7 @@ def load_space(path: Union[str, Path], overrides: Optional[dict[str, Any]] = Non
 
 
 def define_by_run(space: Space) -> Callable[[optuna.trial.Trial], None]:
-    """A define-by-run function for Ray's OptunaSearch: suggests each active param in order.
+    """A define-by-run function for search.searcher: suggests each active param in order.
 
     It only calls `trial.suggest_*` and returns None (no constants: trial_config adds the base).
     """
