@@ -9,7 +9,6 @@ with the best mean SSIM per sequence is scored).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from cvae import jsonsafe
 from cvae.data import N_FRAMES, BairDataset, DataError, resolve_root
 from cvae.metrics import psnr, ssim
 from cvae.model import gaussian_kl
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(jsonsafe.dumps(result, indent=2))
     else:
         _print_result(result)
     return 0

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from cvae import checkpoint
+from cvae import checkpoint, jsonsafe
 from cvae.config import PRESETS, Config, preset
 from cvae.data import BairDataset, CondStats, DataError, N_FRAMES, resolve_root, train_cond_stats
 from cvae.evaluate import evaluate
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(out / "checkpoint", data=cfg.data, split="test",
                                  n_past=cfg.n_past, n_future=cfg.eval_n_future,
                                  media_dir=out, device=str(select_device(cfg.device)))
-    (out / "test_metrics.json").write_text(json.dumps(result, indent=2))
+    (out / "test_metrics.json").write_text(jsonsafe.dumps(result, indent=2))
     print(f"test: PSNR {result['psnr']:.2f} dB (copy last frame {result['baseline_psnr']:.2f}), "
           f"SSIM {result['ssim']:.4f}; wrote {out}/ metrics.csv curves.png prediction.gif "
           f"grid.png psnr_per_frame.png checkpoint/", file=sys.stderr)

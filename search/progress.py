@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import pyarrow.fs
 from ray.tune import Callback
 
+from cvae import jsonsafe
 from search.searcher import JOURNAL
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def write_json(fs: pyarrow.fs.FileSystem, path: str, data: Any) -> None:
     tmp = f"{path}.tmp"
     fs.create_dir(str(PurePosixPath(path).parent), recursive=True)
     with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(data, indent=1, default=_plain).encode())
+        f.write(jsonsafe.dumps(data, indent=1, default=_plain).encode())
     fs.move(tmp, path)
 
 
