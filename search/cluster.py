@@ -1,12 +1,17 @@
 """Ray: start a local instance or join a cluster, the dashboard, and per-trial resources.
 
-Multi-node sweeps: start Ray on every machine (`ray start --head` on one, `ray start
---address=<head>:6379` on the others, all with the same RAY_AUTH_TOKEN or ~/.ray/auth_token),
-then run the launcher on the head with `--address auto` and a `--storage` every node can reach:
+Multi-node sweeps: start Ray on every machine with token authentication on
+(`ray get-auth-token --generate` on the head, the same token copied to ~/.ray/auth_token on
+every node, `RAY_AUTH_MODE=token` set for `ray start --head` on one and `ray start
+--address=<head>:6379` on the others); the launcher refuses to join a cluster whose dashboard
+reports token authentication off unless `--allow-unauthenticated-cluster` is given. Then run the launcher on the head with `--address auto` and a `--storage` every node can reach:
 a shared file system path (NFS mounted at the same path everywhere) or a bucket URI
 (s3://bucket/sweeps, gs://...). Trial workers on other nodes upload their checkpoints to that
 storage directly; the driver writes results, trials.json and the experiment state there, and
 `--resume` restores from it.
+
+A local instance (no --address) listens on 127.0.0.1 only (`keep_local_ray_on_loopback`), and
+a token the launcher creates for it is readable by its owner only (`private_token`).
 
 Dashboard: the launcher starts a local Ray with the dashboard on 127.0.0.1 (`--dashboard-host`
 changes it, `--no-dashboard` turns it off). Ray 2.60 protects it with token authentication:
@@ -18,11 +23,15 @@ dashboard off public interfaces: its job API runs arbitrary code (CVE-2023-48022
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import secrets
 import socket
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Union
 
 MAX_TRIALS_PER_GPU = 4  # "auto" shares a GPU among at most this many trials (no memory isolation)
@@ -45,6 +54,7 @@ class Cluster:
     resources: dict[str, float]  # ray.cluster_resources()
     max_node_cpus: float
     max_node_gpus: float
+    auth_mode: Optional[str] = None  # a joined cluster's: "token", "disabled", None: unknown
 
 
 @dataclass
@@ -73,15 +83,17 @@ class TrialResources:
 
 def connect(address: Optional[str] = None, *, dashboard: bool = True,
             dashboard_host: str = "127.0.0.1", dashboard_port: int = 8265,
-            num_cpus: Optional[int] = None) -> Cluster:
+            num_cpus: Optional[int] = None, allow_unauthenticated: bool = False) -> Cluster:
     """Join the cluster at `address` (or $RAY_ADDRESS), else start a local Ray instance.
 
     Reuses an existing connection of this process. Worker output is not forwarded to the
-    driver (the launcher prints its own table; trial logs stay in Ray's session logs).
+    driver (the launcher prints its own table; trial logs stay in Ray's session logs). A
+    joined cluster must have token authentication on (its dashboard says so), unless
+    `allow_unauthenticated`; a local instance gets a token readable only by its owner.
     """
     import ray
 
-    started, url = False, None
+    started, url, auth = False, None, None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING)
@@ -92,7 +104,12 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
             except ConnectionError as e:
                 raise ConnectError(f"--address {address}: {str(e).split('. ')[0]}; start one "
                                    "with `ray start --head` or pass its host:port") from None
+            auth = cluster_auth_mode(url)
+            if auth != "token" and not allow_unauthenticated:
+                ray.shutdown()  # only this driver's connection; the cluster keeps running
+                raise ConnectError(_unauthenticated(address, auth))
         else:
+            private_token()
             # Token auth is on by default for a local instance; dashboard_help says how to
             # use it, so Ray's own warning about it is not shown.
             logging.getLogger("ray._private.authentication.authentication_token_setup"
@@ -105,11 +122,68 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
         url = _dashboard_url()
     context = ray.get_runtime_context()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    return Cluster(address=context.gcs_address, started=started,
+    return Cluster(address=context.gcs_address, started=started, auth_mode=auth,
                    dashboard_url=f"http://{url}" if url else None,
                    resources=dict(ray.cluster_resources()),
                    max_node_cpus=max((n.get("CPU", 0.0) for n in nodes), default=0.0),
                    max_node_gpus=max((n.get("GPU", 0.0) for n in nodes), default=0.0))
+
+
+def cluster_auth_mode(dashboard: Optional[str], timeout: float = PROBE_S) -> Optional[str]:
+    """"token" or "disabled" as the cluster's dashboard reports it (a public endpoint, no token
+    needed), None when there is no dashboard to ask."""
+    if not dashboard:
+        return None
+    url = dashboard if "://" in dashboard else f"http://{dashboard}"
+    try:
+        with urllib.request.urlopen(f"{url}/api/authentication_mode", timeout=timeout) as r:
+            return str(json.loads(r.read()).get("authentication_mode"))
+    except (OSError, ValueError):
+        return None
+
+
+def _unauthenticated(address: str, mode: Optional[str]) -> str:
+    flag = "pass --allow-unauthenticated-cluster to join anyway"
+    if mode is None:
+        return (f"--address {address}: cannot tell whether the cluster has token "
+                f"authentication on (its dashboard does not answer); {flag}")
+    return (f"--address {address}: the cluster has token authentication off ({mode}): anyone "
+            "who reaches its ports can run code on it; start every node with "
+            f"RAY_AUTH_MODE=token and a shared token (README, Several machines), or {flag}")
+
+
+def keep_local_ray_on_loopback() -> None:
+    """Make a local Ray instance listen on 127.0.0.1 only (GCS, raylet, workers, agents).
+
+    Ray binds its services to the node IP, which it resolves to loopback when
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (its single-machine mode, the default on macOS and
+    Windows). Read when ray is imported: call before that. An explicit setting is kept.
+    """
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def token_path() -> Path:
+    """Where Ray reads the auth token from: $RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def private_token() -> Optional[Path]:
+    """Create the token a local Ray instance will use, readable by its owner only (Ray's
+    own file would be 0644), when token auth is wanted and no token exists; returns the
+    path of a token created here."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        return None
+    path = token_path()
+    if path.exists():
+        return None
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    return path
 
 
 def probe(address: str, timeout: float = PROBE_S) -> None:

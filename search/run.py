@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", metavar="ADDR",
                    help="join a running Ray cluster ('auto' or host:port; default: "
                         "$RAY_ADDRESS, else start a local Ray instance)")
+    p.add_argument("--allow-unauthenticated-cluster", action="store_true",
+                   help="join an --address cluster even when its token authentication is off "
+                        "(anyone who reaches its ports can run code on it)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted experiment <storage>/<name>: finished "
                         "trials are kept, unfinished and failed ones continue from their "
@@ -184,6 +187,9 @@ def main(argv: Optional[Sequence[str]] = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        if not (args.address or os.environ.get("RAY_ADDRESS")):
+            from search.cluster import keep_local_ray_on_loopback
+            keep_local_ray_on_loopback()  # before anything imports ray
         space = space_from_args(args)
         storage = storage_root(args.storage)
         check_storage(storage)
@@ -219,13 +225,17 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
     try:
         ray_cluster = clusters.connect(args.address, dashboard=not args.no_dashboard,
                                        dashboard_host=args.dashboard_host,
-                                       dashboard_port=args.dashboard_port)
+                                       dashboard_port=args.dashboard_port,
+                                       allow_unauthenticated=args.allow_unauthenticated_cluster)
     except clusters.ConnectError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         where = "started a local Ray instance" if ray_cluster.started else "joined"
         print(f"ray: {where} at {ray_cluster.address} ({_describe_resources(ray_cluster)})")
+        if not ray_cluster.started and ray_cluster.auth_mode != "token":
+            print(f"warning: token authentication is {ray_cluster.auth_mode or 'unknown'} on "
+                  "this cluster (--allow-unauthenticated-cluster)", file=sys.stderr)
         print(clusters.dashboard_help(ray_cluster, requested=not args.no_dashboard), flush=True)
         try:
             running = clusters.concurrency(space.num_samples, space.max_concurrent,

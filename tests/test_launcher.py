@@ -83,7 +83,8 @@ def test_help_documents_every_flag():
     text = build_parser().format_help()
     for flag in ("--space", "--num-samples", "--data", "--preset", "--epochs", "--gpus-per-trial",
                  "--name", "--seed", "--storage", "--address", "--resume", "--no-dashboard",
-                 "--dashboard-host", "--dashboard-port", "--max-concurrent", "--no-report"):
+                 "--dashboard-host", "--dashboard-port", "--max-concurrent", "--no-report",
+                 "--allow-unauthenticated-cluster"):
         assert flag in text
 
 
@@ -425,6 +426,8 @@ def test_connect_joins_the_cluster_in_ray_address(monkeypatch):
     resources = {"CPU": 8.0, "GPU": 2.0}
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": resources}])
     monkeypatch.setattr(ray, "cluster_resources", lambda: resources)
+    monkeypatch.setattr(clusters, "probe", lambda address: None)  # no cluster at 10.0.0.1
+    monkeypatch.setattr(clusters, "cluster_auth_mode", lambda url: "token")
     cluster = clusters.connect(None, dashboard=True)
     assert calls[0]["address"] == "10.0.0.1:6379" and "include_dashboard" not in calls[0]
     assert not cluster.started and cluster.dashboard_url == "http://10.0.0.1:8265"
