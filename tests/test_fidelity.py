@@ -1,5 +1,7 @@
 """Where the project follows SVG and the lab: initialisation, training window, SSIM variants,
 z from the posterior and the latent statistics of `evaluate`."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,49 @@ def test_posterior_z_changes_predictions_of_a_real_model():
     assert (a - prior).abs().max() > 0  # other z, other frames
     mu, logvar, mu_p, logvar_p = model.latents(x)
     assert mu.shape == (5, 2, 4) and not mu_p.any()
+
+
+def test_check_data_stats_on_the_real_sample_and_synthetic(bair_sample, synth_root, capsys):
+    from cvae.__main__ import main
+    from cvae.datastats import dataset_stats
+
+    real = dataset_stats(bair_sample)
+    assert real["sequences"] == 1
+    assert real["channel_mean"] == pytest.approx([0.647, 0.639, 0.568], abs=1e-3)
+    assert real["changed_any"] == pytest.approx(0.891, abs=1e-3)
+    assert real["copy_last_psnr"] == pytest.approx(24.02, abs=0.01)
+    assert real["position_step_per_action"] == pytest.approx(0.469, abs=1e-3)
+    assert real["action2_values"] == real["action3_values"] == 3
+    gif = dataset_stats(bair_sample / "other_sequence_frames_only.gif")
+    assert gif["copy_last_psnr"] == pytest.approx(20.41, abs=0.01)
+    assert gif["position_step_per_action"] is None
+    assert main(["check-data", str(bair_sample), str(synth_root), "--stats"]) == 0
+    out = capsys.readouterr().out
+    assert "copy-last PSNR" in out and "24.02" in out and "bair_sample" in out.split("\n")[0]
+    assert main(["check-data", str(synth_root), "--stats", "--json", "--max-sequences", "8"]) == 0
+    (col,) = json.loads(capsys.readouterr().out)
+    assert col["sequences"] == 8
+    assert main(["check-data", str(synth_root / "nothing"), "--stats"]) == 2
+
+
+def test_synthetic_statistics_are_calibrated_to_real_bair():
+    """The simulator's defaults land near the real sample (README table): colour, camera
+    noise, position step per action, discrete action columns, copy-last PSNR in the range of
+    the two real sequences (20.4 and 24.0 dB)."""
+    from cvae import synth
+    from cvae.datastats import sequence_stats
+
+    def sequences():
+        for i in range(24):
+            s = synth.simulate(synth.sequence_rng(0, "train", i))
+            yield s.frames, np.concatenate([s.actions, s.positions], 1)
+
+    st = sequence_stats(sequences())
+    assert st["channel_mean"] == pytest.approx([0.647, 0.639, 0.568], rel=0.15)
+    assert st["channel_mean"][2] < min(st["channel_mean"][:2])  # BAIR's low blue
+    assert all(0.2 < s < 0.3 for s in st["channel_std"])
+    assert 0.85 < st["changed_any"] < 0.98 and 0.25 < st["changed_over_2"] < 0.64
+    assert 0.4 < st["position_step_per_action"] < 0.54 and 0.85 < st["position_action_corr"]
+    assert 0.034 < st["planar_action_size"] < 0.047
+    assert st["action2_values"] == st["action3_values"] == 3
+    assert 19.5 < st["copy_last_psnr"] < 24.0

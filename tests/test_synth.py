@@ -20,6 +20,13 @@ def seqs() -> list[synth.Sequence]:
 
 
 @pytest.fixture(scope="module")
+def clean() -> list[synth.Sequence]:
+    """The same scenes without camera noise."""
+    return [synth.simulate(np.random.default_rng([7, 0, i]), camera_noise=False)
+            for i in range(24)]
+
+
+@pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("synth") / "data"
     return out, synth.write_dataset(out, **SIZES, seed=0, workers=1, progress=False)
@@ -50,21 +57,22 @@ def test_shapes_and_dtypes(seqs):
         assert s.positions.shape == (30, 3) and s.positions.dtype == np.float32
         assert s.gripper_px.shape == (30, 2)
         assert 1 <= n <= 3 and s.object_px.shape == (30, n, 2) and s.touched.shape == (30, n)
-        assert not s.touched[0].any()
+        assert s.moving.shape == (30, n)
+        assert not s.touched[0].any() and not s.moving[0].any()
 
 
 def test_simulate_is_deterministic_per_seed():
     a, b = (synth.simulate(np.random.default_rng([3, 1, 5])) for _ in range(2))
     c = synth.simulate(np.random.default_rng([4, 1, 5]))
-    for field in ("frames", "actions", "positions", "object_px", "touched"):
+    for field in ("frames", "actions", "positions", "object_px", "touched", "moving"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
     assert not np.array_equal(a.frames, c.frames)
     assert not np.array_equal(a.actions, c.actions)
 
 
 def test_world_to_pixel_mapping():
-    np.testing.assert_allclose(synth.world_to_pixel([0.35, -0.25]), [4.0, 4.0])
-    np.testing.assert_allclose(synth.world_to_pixel([0.85, 0.25]), [60.0, 60.0])
+    np.testing.assert_allclose(synth.world_to_pixel([synth.X0, -0.5]), [4.0, 4.0])
+    np.testing.assert_allclose(synth.world_to_pixel([synth.X0 + 1.0, 0.5]), [60.0, 60.0])
     # +x (away from the robot) moves down the image (row), +y moves right (col)
     np.testing.assert_allclose(synth.world_to_pixel([0.6, 0.01]) - synth.world_to_pixel([0.6, 0.0]),
                                [synth.PX_PER_UNIT * 0.01, 0.0])
@@ -76,8 +84,8 @@ def test_actions_repeat_over_two_steps(seqs):
     for s in seqs:
         np.testing.assert_array_equal(s.actions[0::2], s.actions[1::2])
         assert np.abs(s.actions[:, :2]).max() <= synth.MAX_PLANAR + 1e-7
-        assert np.abs(s.actions[:, 2]).max() <= 1.0
-        assert set(np.unique(s.actions[:, 3])) <= {-1.0, 1.0}
+        assert set(np.unique(s.actions[:, 2])) <= set(synth.LIFT_CODES)  # discrete, as BAIR's
+        assert set(np.unique(s.actions[:, 3])) <= set(synth.GRIP_CODES)
     # random-walk actions with occasional pauses
     planar = np.concatenate([s.actions[::2, :2] for s in seqs])
     paused = np.all(planar == 0, axis=1).mean()
@@ -90,10 +98,15 @@ def test_positions_integrate_actions(seqs):
     for s in seqs:
         pos = s.positions.astype(np.float64)
         assert np.all(pos >= lo - 1e-6) and np.all(pos <= hi + 1e-6)
-        residual = pos[1:] - pos[:-1] - synth.action_delta(s.actions[:-1])
+        residual = pos[1:, :2] - pos[:-1, :2] - synth.action_delta(s.actions[:-1])
         free = np.all((pos[1:] > lo + 1e-6) & (pos[1:] < hi - 1e-6), axis=1)  # not clipped
         assert free.mean() > 0.5
         assert np.abs(residual[free]).max() < 6 * synth.POSITION_NOISE
+        assert np.abs(np.diff(pos[:, 2])).max() <= synth.LIFT_RATE + 1e-6
+    # BAIR's planar step is about half the action (least squares 0.47, correlation 0.92)
+    a = np.concatenate([s.actions[:-1, :2].ravel() for s in seqs])
+    d = np.concatenate([np.diff(s.positions[:, :2], axis=0).ravel() for s in seqs])
+    assert 0.4 < (a @ d) / (a @ a) < 0.55 and 0.85 < np.corrcoef(a, d)[0, 1] < 0.97
 
 
 def test_gripper_pixels_follow_actions(seqs):
@@ -105,7 +118,7 @@ def test_gripper_pixels_follow_actions(seqs):
         moved.append(np.diff(s.gripper_px, axis=0))
     expected, moved = np.concatenate(expected), np.concatenate(moved)
     for k in range(2):
-        assert np.corrcoef(expected[:, k], moved[:, k])[0, 1] > 0.95
+        assert np.corrcoef(expected[:, k], moved[:, k])[0, 1] > 0.85
     speed = np.linalg.norm(moved, axis=1)
     assert 1.0 < np.median(speed) < 4.0  # visible but BAIR-like motion
     assert np.mean(speed > 0.5) > 0.6
@@ -133,17 +146,18 @@ def test_rendered_gripper_moves_with_actions(seqs):
         assert np.corrcoef(shifts[:, k], expected[:, k])[0, 1] > 0.8
 
 
-def test_untouched_objects_are_static(seqs):
-    """Without a push nothing but the gripper and its shadow changes, pixel for pixel."""
-    reach = 1.4 * float(synth.head_halfsize(0.35)) + 5.0
+def test_untouched_objects_are_static(clean):
+    """Without a push or an object moving on its own nothing but the gripper and its shadow
+    changes, pixel for pixel (without camera noise; the camera blur spreads edges by 3 px)."""
+    reach = 1.4 * float(synth.head_halfsize(0.35)) + 5.0 + 3.0
     rows, cols = np.mgrid[0:64, 0:64]
     checked = far = 0
-    for s in seqs:
+    for s in clean:
         base = np.array(synth.ARM_BASE_PX)
         for t in range(1, 30):
             moved = np.any(s.object_px[t] != s.object_px[t - 1], axis=-1)
-            np.testing.assert_array_equal(moved, s.touched[t])
-            if s.touched[t].any():
+            np.testing.assert_array_equal(moved, s.touched[t] | s.moving[t])
+            if moved.any():
                 continue
             changed = np.any(s.frames[t] != s.frames[t - 1], axis=-1)
             p = np.stack([cols[changed], rows[changed]], 1).astype(np.float64)
@@ -154,7 +168,27 @@ def test_untouched_objects_are_static(seqs):
             assert np.all(dist <= reach), f"pixels changed {dist.max():.1f} px from the gripper"
             checked += 1
             far += np.sum(~changed) > 1000
-    assert checked > 300 and far == checked
+    assert checked > 200 and far == checked
+
+
+def test_camera_noise_changes_most_pixels_slightly(seqs, clean):
+    for s, c in zip(seqs[:4], clean[:4]):
+        diff = s.frames.astype(int) - c.frames.astype(int)
+        assert np.abs(diff).mean() < 2.5 and np.abs(diff).max() <= 12
+        step = np.abs(np.diff(s.frames.astype(int), axis=0)).max(-1)
+        assert 0.8 < (step > 0).mean() < 0.99
+
+
+def test_objects_roll_and_glide_where_the_conditions_do_not_say(seqs):
+    """What the latent has to carry: an object rolling off by itself at a random step in
+    about ROLL_P of the sequences, and objects sliding on after a push by a hidden amount."""
+    rolled = [s for s in seqs if (s.moving & ~np.cumsum(s.touched, 0).astype(bool)).any()]
+    assert 0.3 < len(rolled) / len(seqs) < 0.9
+    starts = {int(np.argmax((s.moving & ~np.cumsum(s.touched, 0).astype(bool)).any(1)))
+              for s in rolled}
+    assert len(starts) > 3  # at different steps
+    glided = sum(bool((s.moving[1:] & s.touched[:-1]).any()) for s in seqs)
+    assert glided >= 1
 
 
 def test_pushes_move_objects_only_when_low(seqs):
