@@ -48,8 +48,9 @@ def test_best_of_n_samples_and_shuffled_conditions(tiny_checkpoint, synth_root):
 
 
 class CondEcho(torch.nn.Module):
-    """A stand-in model whose prediction is a grey level set by each step's first condition,
-    so its output depends on the conditions by construction; records what it was fed."""
+    """A stand-in model whose prediction is a grey level set by each step's conditions (a
+    fraction of their scaled sum), so its output depends on them by construction; records
+    what it was fed."""
 
     def __init__(self):
         super().__init__()
@@ -57,7 +58,8 @@ class CondEcho(torch.nn.Module):
 
     def predict(self, past, cond, n_future, **kwargs):
         self.fed.append(cond.clone())
-        level = torch.sigmoid(cond[:, -n_future:, :1, None, None])  # (B, T, 1, 1, 1)
+        level = (1000 * cond[:, -n_future:].sum(-1)).remainder(1)[..., None, None, None]
+        # (B, T, 1, 1, 1)
         return level.expand(-1, -1, *past.shape[2:]).clone()  # (B, T, C, H, W)
 
 
@@ -69,7 +71,8 @@ def test_shuffled_conditions_are_a_derangement_of_other_sequences(synth_root, ba
     runs = {}
     for shuffle in (False, True):
         model = CondEcho()
-        runs[shuffle] = evaluate(model, ds, shuffle_conditions=shuffle, batch_size=batch_size)
+        runs[shuffle] = evaluate(model, ds, shuffle_conditions=shuffle, batch_size=batch_size,
+                                 keep_predictions=len(ds))
         fed = torch.cat(model.fed)
         source = [next(j for j in range(len(ds)) if torch.equal(fed[i], own[j]))
                   for i in range(len(ds))]
@@ -78,7 +81,12 @@ def test_shuffled_conditions_are_a_derangement_of_other_sequences(synth_root, ba
             assert all(j != i for i, j in enumerate(source))
         else:
             assert source == list(range(len(ds)))
-    assert runs[True]["psnr"] != pytest.approx(runs[False]["psnr"], abs=1e-3)
+    # the scored prediction of sequence i is the one made from sequence source[i]'s conditions
+    shuffled, own_pred = runs[True]["prediction"], runs[False]["prediction"]
+    for i, j in enumerate(source):
+        assert torch.equal(shuffled[i], own_pred[j]) and not torch.equal(shuffled[i], own_pred[i])
+    assert torch.equal(runs[True]["ground_truth"], runs[False]["ground_truth"])
+    assert runs[True]["psnr"] != runs[False]["psnr"]
     assert runs[True]["baseline_psnr"] == runs[False]["baseline_psnr"]
 
 
