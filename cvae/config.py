@@ -64,6 +64,7 @@ class Config:
     gpu_memory_fraction: float = 0.0  # cap of this process's GPU memory share; 0 = no cap
     num_workers: int = 0  # DataLoader worker processes
     gif_every: int = 0  # write a sample GIF every N epochs during `cvae train`; 0 = only at the end
+    skip_bad: bool = False  # leave out (and list) sequences failing the data checks; False = stop
 
     def __post_init__(self) -> None:
         validate(self)

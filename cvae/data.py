@@ -18,7 +18,7 @@ import re
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -154,11 +154,13 @@ def _fingerprint(root: Path, dirs: Sequence[Path]) -> str:
 
 @dataclass
 class SplitArrays:
-    """A decoded split: frames uint8 (N, 30, 64, 64, 3), conds float32 (N, 30, 7)."""
+    """A decoded split: frames uint8 (N, 30, 64, 64, 3), conds float32 (N, 30, 7); `skipped`
+    holds a problem line per sequence left out by `skip_bad`."""
     split: str
     frames: np.ndarray
     conds: np.ndarray
     names: list[str]
+    skipped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -192,8 +194,30 @@ def remove_stale_temp_files() -> list[Path]:
     return removed
 
 
-def load_split(root: Path | str, split: str, progress: bool = True) -> SplitArrays:
-    """Decode a split once into the cache and memory-map it; reuse while the data is unchanged."""
+_noted: set[tuple[str, ...]] = set()  # skipped lists already printed by this process
+
+
+def _note_skipped(where: Path, skipped: list[str], total: int, shown: int = 5) -> None:
+    """Tell (once per process and list) which sequences `skip_bad` left out."""
+    key = (str(where), *skipped)
+    if key in _noted:
+        return
+    _noted.add(key)
+    lines = [f"warning: {where}: skipped {len(skipped)} of {total} sequences that fail the "
+             "data checks (skip_bad):"] + [f"  {p}" for p in skipped[:shown]]
+    if len(skipped) > shown:
+        lines.append(f"  ... and {len(skipped) - shown} more (cvae check-data lists them all)")
+    print("\n".join(lines), file=sys.stderr)
+
+
+def load_split(root: Path | str, split: str, progress: bool = True,
+               skip_bad: bool = False) -> SplitArrays:
+    """Decode a split once into the cache and memory-map it; reuse while the data is unchanged.
+
+    A sequence that fails the checks (`read_sequence`, or a file where its folder should be)
+    is a DataError, or with `skip_bad` left out and listed on stderr. The frames file of a
+    split with skipped sequences keeps their unused rows at its end.
+    """
     root = Path(root)
     remove_stale_temp_files()
     dirs, stray = scan_split(root, split)
@@ -201,51 +225,69 @@ def load_split(root: Path | str, split: str, progress: bool = True) -> SplitArra
     if not where.is_dir():
         raise DataError(f"{where}: " + ("not a folder" if where.exists()
                                           else "split folder not found"))
-    if stray:
+    if stray and not skip_bad:
         raise DataError(stray[0])
     if not dirs:
-        raise DataError(f"{where}: no sequences in split")
+        raise DataError(stray[0] if stray else f"{where}: no sequences in split")
     cache = _cache_dir(root)
     stem = cache / split
+
+    def arrays(names: list[str], bad: list[str]) -> SplitArrays:
+        if bad and not skip_bad:
+            raise DataError(bad[0])
+        if not names:
+            raise DataError(f"{where}: no sequence passes the data checks ({bad[0]}, ...)")
+        skipped = stray + bad
+        if skipped:
+            _note_skipped(where, skipped, len(dirs) + len(stray))
+        n = len(names)
+        return SplitArrays(split, np.load(f"{stem}.frames.npy", mmap_mode="r")[:n],
+                           np.load(f"{stem}.conds.npy", mmap_mode="r")[:n], names, skipped)
+
     index_path = stem.with_suffix(".index.json")
     fingerprint = _fingerprint(root, dirs)
-    names = [str(d.relative_to(root / split)) for d in dirs]
     if index_path.is_file():
         try:
             index = json.loads(index_path.read_text())
             if index.get("fingerprint") == fingerprint:
-                return SplitArrays(split, np.load(f"{stem}.frames.npy", mmap_mode="r"),
-                                   np.load(f"{stem}.conds.npy", mmap_mode="r"), index["names"])
+                return arrays(index["names"], index["skipped"])
         except (OSError, ValueError, KeyError):
             pass  # unreadable cache: rebuild it
     cache.mkdir(parents=True, exist_ok=True)
     tmp = f"{stem}.{_HOST}.{os.getpid()}.tmp"
+    names, bad = [], []
     try:
         frames = np.lib.format.open_memmap(f"{tmp}.frames.npy", mode="w+", dtype=np.uint8,
                                            shape=(len(dirs), N_FRAMES, IMAGE_SIZE, IMAGE_SIZE, 3))
         conds = np.empty((len(dirs), N_FRAMES, COND_DIM), dtype=np.float32)
         start = time.time()
         for i, d in enumerate(dirs):
-            frames[i], conds[i] = read_sequence(d)
+            try:
+                frames[len(names)], conds[len(names)] = read_sequence(d)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                bad.append(str(e))
+            else:
+                names.append(str(d.relative_to(where)))
             if progress and len(dirs) >= 100 and (i + 1) % (len(dirs) // 10) == 0:
-                print(f"decoding {root / split}: {i + 1}/{len(dirs)} sequences "
+                print(f"decoding {where}: {i + 1}/{len(dirs)} sequences "
                       f"({time.time() - start:.0f} s)", file=sys.stderr)
         frames.flush()
         del frames
-        np.save(f"{tmp}.conds.npy", conds)
+        np.save(f"{tmp}.conds.npy", conds[:len(names)])
         index_path.unlink(missing_ok=True)  # no index may vouch for half-replaced arrays
         os.replace(f"{tmp}.frames.npy", f"{stem}.frames.npy")
         os.replace(f"{tmp}.conds.npy", f"{stem}.conds.npy")
         Path(f"{tmp}.index.json").write_text(json.dumps({"fingerprint": fingerprint,
-                                                          "names": names}))
+                                                          "names": names, "skipped": bad}))
         os.replace(f"{tmp}.index.json", index_path)
     finally:  # a failed or interrupted decode leaves nothing behind
         for suffix in _TMP_SUFFIXES:
             Path(f"{tmp}.{suffix}").unlink(missing_ok=True)
     if progress:
-        print(f"decoded cache of {root / split}: {stem}.frames.npy", file=sys.stderr)
-    return SplitArrays(split, np.load(f"{stem}.frames.npy", mmap_mode="r"),
-                       np.load(f"{stem}.conds.npy", mmap_mode="r"), names)
+        print(f"decoded cache of {where}: {stem}.frames.npy", file=sys.stderr)
+    return arrays(names, bad)
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -283,20 +325,21 @@ def resolve_root(data: Optional[str]) -> Path:
     return root
 
 
-def train_cond_stats(root: Path) -> CondStats:
-    return CondStats.of(load_split(root, "train").conds)
+def train_cond_stats(root: Path, skip_bad: bool = False) -> CondStats:
+    return CondStats.of(load_split(root, "train", skip_bad=skip_bad).conds)
 
 
 class BairDataset(torch.utils.data.Dataset):
     """`(frames, conditions)` pairs: frames float (T, 3, 64, 64) in [0, 1], conditions (T, 7)
     (actions then end-effector positions), T = `seq_len` frames from `start` (the first frames,
-    as in the evaluation protocol). `cond_stats` standardizes the conditions."""
+    as in the evaluation protocol). `cond_stats` standardizes the conditions; `skip_bad` leaves
+    out (and lists) sequences that fail the data checks instead of raising DataError."""
 
     def __init__(self, root: Path | str, split: str, seq_len: int = 12,
-                 cond_stats: Optional[CondStats] = None, start: int = 0):
+                 cond_stats: Optional[CondStats] = None, start: int = 0, skip_bad: bool = False):
         if not 1 <= seq_len <= N_FRAMES - start:
             raise ValueError(f"seq_len={seq_len}: expected 1..{N_FRAMES - start}")
-        self.arrays = load_split(root, split)
+        self.arrays = load_split(root, split, skip_bad=skip_bad)
         self.seq_len, self.start, self.cond_stats = seq_len, start, cond_stats
 
     def __len__(self) -> int:

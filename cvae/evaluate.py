@@ -143,19 +143,23 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test", n
                         n_future: int = 10, samples: int = 1, shuffle_conditions: bool = False,
                         media_dir: Optional[str | Path] = None, max_sequences: int = 0,
                         device: str = "cpu", seed: int = 0, z: str = "prior",
-                        ssim_kind: str = "finn", latent: bool = False) -> dict:
+                        ssim_kind: str = "finn", latent: bool = False,
+                        skip_bad: bool = False) -> dict:
     """Evaluate a checkpoint on a split (data=None: the data it was trained on, else the
-    embedded synthetic data); with `media_dir`, also write a GIF, a grid and a PSNR plot."""
+    embedded synthetic data); with `media_dir`, also write a GIF, a grid and a PSNR plot;
+    `skip_bad` leaves out (and lists) sequences that fail the data checks."""
     from cvae.checkpoint import load_model
 
     model, cfg, stats = load_model(path, device)
     root = resolve_root(data if data is not None else cfg.data)
-    dataset = BairDataset(root, split, seq_len=n_past + n_future, cond_stats=stats)
+    dataset = BairDataset(root, split, seq_len=n_past + n_future, cond_stats=stats,
+                          skip_bad=skip_bad)
     result = evaluate(model, dataset, n_past, n_future, samples=samples, device=device,
                       max_sequences=max_sequences, shuffle_conditions=shuffle_conditions,
                       seed=seed, keep_predictions=1 if media_dir else 0, z=z,
                       ssim_kind=ssim_kind, latent=latent)
-    result.update(checkpoint=str(path), data=str(root), split=split)
+    result.update(checkpoint=str(path), data=str(root), split=split,
+                  skipped=dataset.arrays.skipped)
     if media_dir:
         result["media"] = save_media(result, Path(media_dir))
         del result["ground_truth"], result["prediction"]
@@ -191,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                                      shuffle_conditions=args.shuffle_conditions,
                                      media_dir=args.media, max_sequences=args.max_sequences,
                                      device=args.device, seed=args.seed, z=args.z,
-                                     ssim_kind=args.ssim, latent=True)
+                                     ssim_kind=args.ssim, latent=True, skip_bad=args.skip_bad)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -220,6 +224,9 @@ def register(subparsers) -> None:
                    help="z samples per sequence; the best by mean SSIM is scored (default: 1)")
     p.add_argument("--shuffle-conditions", action="store_true",
                    help="give each sequence the conditions of another (how much actions matter)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out sequences that fail the data checks, listing them, instead of "
+                        "stopping")
     p.add_argument("--max-sequences", type=int, default=0,
                    help="score only the first N sequences (default: 0 = all)")
     p.add_argument("--media", default=None, metavar="DIR",

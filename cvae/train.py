@@ -89,10 +89,12 @@ class Trainer:
         if state is not None:
             stats = CondStats.from_dict(state.get("cond_stats"))
         elif cfg.normalize_conditions:
-            stats = train_cond_stats(root)
+            stats = train_cond_stats(root, cfg.skip_bad)
         self.cond_stats = stats
-        self.train_set = BairDataset(root, "train", cfg.n_past + cfg.n_future, stats)
-        self.val_set = BairDataset(root, "validate", cfg.n_past + cfg.eval_n_future, stats)
+        self.train_set = BairDataset(root, "train", cfg.n_past + cfg.n_future, stats,
+                                     skip_bad=cfg.skip_bad)
+        self.val_set = BairDataset(root, "validate", cfg.n_past + cfg.eval_n_future, stats,
+                                   skip_bad=cfg.skip_bad)
         self.model = SVG(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -252,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
         for key in ("data", "epochs"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
+        if args.skip_bad:
+            overrides["skip_bad"] = True
         cfg = preset(args.preset, **overrides)
         out = Path(args.out or f"runs/{args.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
         out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +283,8 @@ def run(args: argparse.Namespace) -> int:
     from cvae.evaluate import evaluate_checkpoint
     result = evaluate_checkpoint(out / "checkpoint", data=cfg.data, split="test",
                                  n_past=cfg.n_past, n_future=cfg.eval_n_future,
-                                 media_dir=out, device=str(select_device(cfg.device)))
+                                 media_dir=out, device=str(select_device(cfg.device)),
+                                 skip_bad=cfg.skip_bad)
     (out / "test_metrics.json").write_text(jsonsafe.dumps(result, indent=2))
     print(f"test: PSNR {result['psnr']:.2f} dB (copy last frame {result['baseline_psnr']:.2f}), "
           f"SSIM {result['ssim']:.4f}; wrote {out}/ metrics.csv curves.png prediction.gif "
@@ -297,6 +302,9 @@ def register(subparsers) -> None:
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="configuration preset (default: cpu)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out sequences that fail the data checks, listing them, instead of "
+                        "stopping (as skip_bad=true)")
     p.add_argument("--out", default=None, help="output directory (default: runs/<preset>-<time>)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config field overrides")
     p.set_defaults(func=run)
