@@ -1,0 +1,1 @@
+"""Task sub-packages: each holds one lab's data loader, synthetic generator and model."""
