@@ -120,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "elsewhere with an SSH tunnel rather than exposing it)")
     p.add_argument("--dashboard-port", type=_port, default=8265, metavar="P",
                    help="dashboard port (default 8265; Ray picks another if it is taken)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out (and list) sequences that fail the data checks instead of "
+                        "stopping: skip_bad in every trial's config (overrides base.skip_bad)")
     p.add_argument("--no-report", action="store_true",
                    help="skip the analysis report at the end (analysis.report.build_report)")
     return p
@@ -150,7 +153,7 @@ def space_from_args(args: argparse.Namespace) -> Space:
     """The validated space with the command-line overrides applied (raises SpaceError)."""
     overrides = {"num_samples": args.num_samples, "seed": args.seed, "name": args.name,
                  "preset": args.preset, "epochs": args.epochs, "data": args.data,
-                 "gpu": args.gpus_per_trial}
+                 "gpu": args.gpus_per_trial, "skip_bad": True if args.skip_bad else None}
     space = load_space(args.space, overrides)
     if args.max_concurrent is not None:
         space = dataclasses.replace(space, max_concurrent=args.max_concurrent)
@@ -218,7 +221,7 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
     data = space.base.get("data")
     if trainable is None and not (args.address or os.environ.get("RAY_ADDRESS") or args.resume):
         try:  # a local CVAE sweep: the data is prepared here, once (on clusters, by each node)
-            data = prepare_data(data)
+            data = prepare_data(data, skip_bad=bool(space.base.get("skip_bad")))
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -255,15 +258,16 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
     return finish(sweep, space, resume_command, report=not args.no_report)
 
 
-def prepare_data(data: Optional[str]) -> str:
+def prepare_data(data: Optional[str], skip_bad: bool = False) -> str:
     """Generate the synthetic data (when no data is given) and decode the training and
     validation splits once in the driver, so that concurrent trials find them ready instead
-    of all building them at once. Returns the dataset root the trials use."""
+    of all building them at once (`skip_bad`: bad sequences are listed, not fatal). Returns
+    the dataset root the trials use."""
     from cvae.data import load_split, resolve_root
 
     root = resolve_root(data)
     for split in ("train", "validate"):
-        load_split(root, split)
+        load_split(root, split, skip_bad=skip_bad)
     print(f"data: {root}", flush=True)
     return str(root)
 

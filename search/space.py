@@ -49,7 +49,7 @@ _KEYS: dict[str, dict[str, Any]] = {
 _OVERRIDES: dict[str, tuple[str, ...]] = {
     "num_samples": ("num_samples",), "seed": ("seed",), "name": ("name",),
     "preset": ("base", "preset"), "epochs": ("base", "epochs"), "data": ("base", "data"),
-    "gpu": ("resources", "gpu"),
+    "gpu": ("resources", "gpu"), "skip_bad": ("base", "skip_bad"),
 }
 
 

@@ -84,7 +84,7 @@ def test_help_documents_every_flag():
     for flag in ("--space", "--num-samples", "--data", "--preset", "--epochs", "--gpus-per-trial",
                  "--name", "--seed", "--storage", "--address", "--resume", "--no-dashboard",
                  "--dashboard-host", "--dashboard-port", "--max-concurrent", "--no-report",
-                 "--allow-unauthenticated-cluster"):
+                 "--allow-unauthenticated-cluster", "--skip-bad"):
         assert flag in text
 
 
@@ -144,12 +144,18 @@ def test_existing_experiment_needs_resume(tmp_path, capsys):
 
 
 def test_overrides_reach_the_space(tmp_path):
+    from search.space import trial_config
+
     args = build_parser().parse_args(
         ["--space", str(write_space(tmp_path)), "--num-samples", "3", "--epochs", "5",
-         "--seed", "7", "--name", "other", "--max-concurrent", "2", "--gpus-per-trial", "auto"])
+         "--seed", "7", "--name", "other", "--max-concurrent", "2", "--gpus-per-trial", "auto",
+         "--skip-bad"])
     space = space_from_args(args)
     assert (space.num_samples, space.asha["max_t"], space.seed, space.name,
             space.max_concurrent, space.resources["gpu"]) == (3, 5, 7, "other", 2, "auto")
+    assert trial_config(space, {})["skip_bad"] is True  # every trial's config
+    strict = space_from_args(build_parser().parse_args(["--space", str(write_space(tmp_path))]))
+    assert trial_config(strict, {}).get("skip_bad", False) is False
 
 
 def test_module_is_runnable():
