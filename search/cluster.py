@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from search import orphans
+
 MAX_TRIALS_PER_GPU = 4  # "auto" shares a GPU among at most this many trials (no memory isolation)
 PROBE_S = 5.0  # seconds to wait for a TCP connection to a cluster's GCS port before ray.init
 
@@ -114,10 +116,11 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
             # use it, so Ray's own warning about it is not shown.
             logging.getLogger("ray._private.authentication.authentication_token_setup"
                               ).setLevel(logging.ERROR)
-            url = ray.init(num_cpus=num_cpus, include_dashboard=dashboard,
-                           dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-                           **kwargs).dashboard_url
-            started = True
+            context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard,
+                               dashboard_host=dashboard_host, dashboard_port=dashboard_port,
+                               **kwargs)
+            url, started = context.dashboard_url, True
+            orphans.record(context.address_info["session_dir"])
     else:
         url = _dashboard_url()
     context = ray.get_runtime_context()

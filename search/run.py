@@ -214,6 +214,7 @@ def main(argv: Optional[Sequence[str]] = None,
 def _launch(args: argparse.Namespace, space: Space, storage: str,
             trainable: Optional[Callable], resume_command: str) -> int:
     from search import cluster as clusters
+    from search import orphans
 
     from cvae.data import DataError
 
@@ -225,6 +226,8 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    for line in orphans.end_orphans():  # of local instances whose launcher was killed
+        print(line, flush=True)
     try:
         ray_cluster = clusters.connect(args.address, dashboard=not args.no_dashboard,
                                        dashboard_host=args.dashboard_host,
@@ -255,6 +258,7 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
         if ray_cluster.started:
             import ray
             ray.shutdown()
+            orphans.forget()
     return finish(sweep, space, resume_command, report=not args.no_report)
 
 
