@@ -16,8 +16,10 @@ from PIL import Image
 
 from cvae.data import DataError
 from cvae.tasks.dance import synth
-from cvae.tasks.dance.data import (DanceClips, check_dance, load_dance_split, load_dance_test)
+from cvae.tasks.dance.data import (DanceClips, check_dance, format_dance_report, load_dance_split,
+                                   load_dance_test)
 from cvae.tasks.dance.model import DanceVAE, kl_criterion
+from cvae.tasks.dance.submission import write_submission
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -135,6 +137,10 @@ def test_check_dance_reports_counts_and_short_validation(tmp_path):
     assert report["problems"] == [f"{root / 'val' / 'val_img'}: 20 frames, the validation "
                                   "protocol needs 630"]
     assert check_dance(root, val_len=20)["problems"] == []
+    text = format_dance_report(report).splitlines()
+    assert text[1:3] == ["  train     40 frames with labels, 32x64, 2 clips of 16",
+                         "  val       20 frames with labels, 32x64"]
+    assert text[-2:] == ["1 problem(s):", f"  {report['problems'][0]}"]
 
 
 # ------------------------------------------------------------------ model
@@ -240,6 +246,20 @@ def test_generate_follows_the_autoregressive_protocol():
     assert not torch.allclose(a[:, 1:], b[:, 1:])  # z ~ N(0, I) drawn at each call
 
 
+def test_submission_has_the_lab_testers_layout(tmp_path):
+    a = torch.zeros(2, 3, 2, 4)
+    a[1, 2, 1, 3] = 0.5  # the last value of the second frame: channel 2, row 1, column 3
+    b = torch.full((1, 3, 2, 4), 1.2)  # out of range: clipped to 255
+    b[0, 0, 0, 0] = -0.1
+    assert write_submission(tmp_path / "submission.csv", [a, b]) == 3
+    lines = (tmp_path / "submission.csv").read_text().splitlines()
+    assert lines[0] == "id," + ",".join(str(i) for i in range(24))
+    rows = [list(map(int, line.split(","))) for line in lines[1:]]
+    assert [r[0] for r in rows] == [0, 1, 2]
+    assert rows[1][1:] == [0] * 23 + [128] and rows[0][1:] == [0] * 24
+    assert rows[2][1:] == [0] + [255] * 23
+
+
 # ------------------------------------------------------------------ synthetic dancer
 
 TINY = dict(dancers=2, train_len=32, val_len=40, test=2, test_len=20)
@@ -273,6 +293,8 @@ def test_synth_writes_the_lab_layout(tiny_dance):
     assert info["train_segments"] == [dict(frames=[0, 31], dancer=0),
                                       dict(frames=[32, 63], dancer=1)]
     assert check_dance(root, val_len=40)["problems"] == []
+    assert format_dance_report(check_dance(root, val_len=40)).splitlines()[-2:] == [
+        "  test       2 sequences, first frame given, 20 pose labels each", "ok"]
     test = load_dance_test(root)
     first, labels = test.sequence(1)
     assert test.names == ["0", "1"] and first.shape == (3, 32, 64) and labels.shape[0] == 20

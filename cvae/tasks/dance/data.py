@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -171,7 +172,7 @@ def _cached(root: Path, key: str, fingerprint: str, build: Callable[[], dict]
             pass  # unreadable cache: rebuild it
     built = build()
     stem.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f"{stem}.{os.getpid()}.tmp"
+    tmp = f"{stem}.{socket.gethostname()}.{os.getpid()}.tmp"  # caches may be shared by hosts
     for n, a in built["arrays"].items():
         np.save(f"{tmp}.{n}.npy", a)
         os.replace(f"{tmp}.{n}.npy", f"{stem}.{n}.npy")
@@ -358,3 +359,31 @@ def check_dance(root: Path | str, val_len: int = VAL_VI_LEN) -> dict:
     if not report["splits"]:
         problems.append(f"{root}: no split folder (expected train/, val/ and/or test/)")
     return report
+
+
+def format_dance_report(report: dict) -> str:
+    """`check_dance`'s report as the lines `check-data` prints."""
+    lines = [f"data: {report['root']} (dance layout)"]
+    for split, info in report["splits"].items():
+        if split == "test":
+            lengths = sorted(set(info["labels_per_sequence"]))
+            lines.append(f"  test  {info['sequences']:6d} sequences, first frame given, "
+                         f"{'/'.join(map(str, lengths)) or 0} pose labels each")
+            continue
+        line = f"  {split:5s} {info.get('frames', 0):6d} frames with labels"
+        if "size_on_disk" in info:
+            h, w = info["size_on_disk"]
+            line += f", {h}x{w}" + (f" resized to {FRAME_H}x{FRAME_W}" if info["resized"] else "")
+        if "clips" in info:
+            line += f", {info['clips']} clips of {TRAIN_VI_LEN}"
+        if info.get("gaps"):
+            line += f", {info['gaps']} gaps in the numbering"
+        if info.get("bad_frames"):
+            line += f", {info['bad_frames']} bad"
+        lines.append(line)
+    if report["problems"]:
+        lines.append(f"{len(report['problems'])} problem(s):")
+        lines.extend(f"  {p}" for p in report["problems"])
+    else:
+        lines.append("ok")
+    return "\n".join(lines)
