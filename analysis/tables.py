@@ -18,6 +18,8 @@ import pandas as pd
 
 from analysis.results import CYCLES, LR, MODE, TFR_START, Experiment, spec_choices
 
+SINGLE_RUNS = ("Each trial is a single run with one seed: a gap between trials can be seed "
+               "noise (the confirmation tables, when present, give means over seeds).")
 LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
                  "^": r"\textasciicircum{}"}
@@ -102,14 +104,15 @@ def mode_table(exp: Experiment, test_psnr: Mapping[str, float]) -> Table:
                      "epochs run (best)": top["epochs"]})
     columns = ["mode", "trials", "best val PSNR", "median val PSNR", "test PSNR (best)",
                "best trial", "lr", "tfr decay start", "cycles", "epochs run (best)"]
-    return Table("modes", "Annealing modes", pd.DataFrame(rows, columns=columns),
+    return Table("modes", "Annealing modes (single runs: each trial is one seed)",
+                 pd.DataFrame(rows, columns=columns),
                  f"trials = trial dirs with result.json rows per `{MODE}` (params.json); "
                  "best/median val PSNR = max of `val_psnr` over each trial's result.json, then "
                  "max/median over the mode's trials; test PSNR = `psnr` of evaluate_checkpoint on "
                  "the best trial's best kept checkpoint (test split, 2 past -> 10 future); "
                  f"lr/tfr decay start/cycles = `{LR}`/`{TFR_START}`/`{CYCLES}` of the best trial's "
                  "params.json ('-': not a cyclical mode); epochs run = last `epoch` in its "
-                 "result.json.")
+                 f"result.json. {SINGLE_RUNS}")
 
 
 def topk_table(exp: Experiment, k: int) -> Table:
@@ -119,16 +122,19 @@ def topk_table(exp: Experiment, k: int) -> Table:
                "status": "status"}
     frame = exp.ranked().head(k)[list(columns)].rename(columns=columns).reset_index(drop=True)
     frame.insert(0, "rank", range(1, len(frame) + 1))
-    return Table("top_trials", f"Top {k} trials by best validation PSNR", frame,
+    return Table("top_trials", f"Top {k} trials by best validation PSNR (single runs, one "
+                 "seed each)", frame,
                  "hyperparameters from each trial's params.json; best val PSNR / best epoch = max "
                  "and argmax of `val_psnr` in result.json; epochs = last `epoch`; status from "
-                 "trials.json, else inferred from result.json and sweep.json `finished`.")
+                 "trials.json, else inferred from result.json and sweep.json `finished`. "
+                 + SINGLE_RUNS)
 
 
 def effect_table(exp: Experiment) -> Table:
     """Effect of each searched hyperparameter on the best validation PSNR: per value (categorical,
-    or numeric with at most 4 values) or per tercile (numeric), with Spearman's rank correlation
-    for numeric parameters."""
+    numeric with at most 4 values, integers with at most 6) or per tercile (numeric), with
+    Spearman's rank correlation for numeric parameters. Groups are disjoint: equal values always
+    share a group."""
     ran, rows = exp.ran(), []
     for param in exp.searched:
         data = ran[[param, "best_val_psnr"]].dropna()
@@ -142,11 +148,8 @@ def effect_table(exp: Experiment) -> Table:
             rho = math.nan
         else:
             numbers = x.astype(float)
-            if numbers.nunique() <= 4:  # few values (e.g. cycle counts): one group each
-                bins = numbers.rank(method="dense")
-            else:
-                bins = pd.qcut(numbers.rank(method="first"), 3, labels=False)
-            groups = [(_range(x[bins == b]), y[bins == b]) for b in sorted(bins.unique())]
+            bins = _value_bins(numbers, pd.api.types.is_integer_dtype(x))
+            groups = [(label, y[bins == b]) for b, label in _range_labels(x, bins)]
             rho = numbers.rank().corr(y.rank()) if len(x) >= 3 else math.nan
         top = max(range(len(groups)), key=lambda i: groups[i][1].median())
         rows += [{"parameter": param, "group": label, "trials": len(vals), "mean": vals.mean(),
@@ -154,11 +157,14 @@ def effect_table(exp: Experiment) -> Table:
                   "best group": i == top} for i, (label, vals) in enumerate(groups)]
     columns = ["parameter", "group", "trials", "mean", "median", "best", "spearman rho",
                "best group"]
-    return Table("effects", "Effect of each searched hyperparameter on best validation PSNR",
+    return Table("effects", "Effect of each searched hyperparameter on best validation PSNR "
+                 "(single runs, one seed each)",
                  pd.DataFrame(rows, columns=columns),
                  "groups over trials with result.json rows, by the parameter's params.json value "
-                 "(categorical or at most 4 values: one group per value; else value terciles, "
-                 "[min, max] of each); mean/median/best of each trial's max `val_psnr`; spearman "
+                 "(categorical, at most 4 values or at most 6 integers: one group per value; else "
+                 "three groups of consecutive values, equal values in the same group, labelled "
+                 "[min, max] of their values); mean/median/best of each trial's max `val_psnr`; "
+                 "each trial is one run with one seed; spearman "
                  "rho = rank correlation of the value with that PSNR; best group = highest median. "
                  f"`{CYCLES}` counts cyclical modes only.")
 
@@ -185,6 +191,27 @@ def all_tables(exp: Experiment, top_k: int, test_psnr: Mapping[str, float]) -> l
             compute_table(exp)]
 
 
-def _range(values: pd.Series) -> str:
-    low, high = values.min(), values.max()
-    return fmt(low) if low == high else f"[{fmt(low)}, {fmt(high)}]"
+def _value_bins(numbers: pd.Series, integer: bool) -> pd.Series:
+    """Group index of each value: one group per distinct value when there are few (at most 4,
+    or 6 integers), else terciles of the trials over the sorted distinct values, each value
+    going to the tercile holding the middle of its run of ties."""
+    distinct = np.sort(numbers.unique())
+    if len(distinct) <= (6 if integer else 4):
+        return numbers.map({v: i for i, v in enumerate(distinct)})
+    counts = numbers.value_counts().reindex(distinct).to_numpy()
+    middle = (np.cumsum(counts) - counts / 2) / len(numbers)
+    return numbers.map(dict(zip(distinct, np.minimum(2, (3 * middle).astype(int)))))
+
+
+def _range_labels(values: pd.Series, bins: pd.Series) -> list[tuple[int, str]]:
+    """(group, label) in value order: the group's value, or [min, max] of its values, printed
+    with as many significant digits as it takes to tell all the bounds apart."""
+    bounds = [(b, values[bins == b].min(), values[bins == b].max())
+              for b in sorted(bins.unique())]
+    ends = sorted({v for _, low, high in bounds for v in (low, high)})
+    for digits in range(3, 16):
+        text = {v: fmt(v) if digits == 3 else f"{v:.{digits}g}" for v in ends}
+        if len(set(text.values())) == len(ends):
+            break
+    return [(b, text[low] if low == high else f"[{text[low]}, {text[high]}]")
+            for b, low, high in bounds]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -339,3 +340,30 @@ def test_module_entry_point(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def _effect_groups(searched: dict, columns: dict) -> dict:
+    """effect_table of trials with the given parameter values: {param: {group label: trials}}."""
+    from analysis.results import Experiment
+
+    n = len(next(iter(columns.values())))
+    trials = pd.DataFrame({**columns, "best_val_psnr": [20.0 + i for i in range(n)],
+                           "status": ["completed"] * n})
+    exp = Experiment(Path("exp"), {"searched": searched}, trials, pd.DataFrame(),
+                     pd.DataFrame())
+    frame = effect_table(exp).frame
+    return {p: dict(zip(g["group"], g["trials"])) for p, g in frame.groupby("parameter")}
+
+
+def test_effect_groups_are_disjoint_with_unambiguous_labels():
+    searched = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+                "tfr_start_decay_epoch": {"type": "int", "low": 0, "high": 5}}
+    groups = _effect_groups(searched, {
+        "lr": [0.000329, 0.001, 0.002, 0.002, 0.002, 0.002, 0.0045, 0.009],
+        "tfr_start_decay_epoch": pd.array([0, 0, 1, 3, 3, 3, 5, 2], dtype="Int64")})
+    # ties stay together: 0.002 is one group, not also the top of "[0.000329, 0.002]"
+    assert groups["lr"] == {"[0.000329, 0.001]": 2, "0.002": 4, "[0.0045, 0.009]": 2}
+    assert groups["tfr_start_decay_epoch"] == {"0": 2, "1": 1, "2": 1, "3": 3, "5": 1}
+    close = _effect_groups({"lr": searched["lr"]},
+                           {"lr": [0.001, 0.0015, 0.002, 0.0020001, 0.003, 0.004]})
+    assert list(close["lr"]) == ["[0.001, 0.0015]", "[0.002, 0.0020001]", "[0.003, 0.004]"]
