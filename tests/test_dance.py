@@ -197,14 +197,16 @@ def lab_loop(model, frames, labels, tf, noise):
     return mse, kld
 
 
+@pytest.mark.parametrize("chunk", [None, 3])
 @pytest.mark.parametrize("tf", ["all", "none", "mixed"])
-def test_step_equals_the_per_step_loop(tf):
+def test_step_equals_the_per_step_loop(tf, chunk):
     frames, labels, noise = tiny_batch()
     forced = {"all": torch.ones(3, dtype=torch.bool), "none": torch.zeros(3, dtype=torch.bool),
               "mixed": torch.tensor([True, False, True])}[tf]
     model = tiny_model()
     reference = copy.deepcopy(model)
-    mse, kld, steps = model(frames, labels, forced if tf == "mixed" else tf == "all", noise)
+    mse, kld, steps = model(frames, labels, forced if tf == "mixed" else tf == "all", noise,
+                            chunk=chunk)  # 3: steps 1-3 together, then step 4
     ref_mse, ref_kld = lab_loop(reference, frames, labels, forced, noise)
     assert steps == 4
     assert mse.item() == pytest.approx(ref_mse.item(), rel=1e-5)

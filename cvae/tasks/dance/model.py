@@ -211,7 +211,8 @@ class DanceVAE(nn.Module):
                 for name, module in self.named_children()}
 
     def forward(self, frames: torch.Tensor, labels: torch.Tensor, tf: TeacherForcing = True,
-                noise: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                noise: Optional[torch.Tensor] = None, chunk: Optional[int] = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """The lab's training step on a batch of clips; returns (mse_sum, kld, steps).
 
         frames, labels: (B, T, 3, H, W). tf: teacher forcing, one bool for the batch (as the
@@ -220,45 +221,48 @@ class DanceVAE(nn.Module):
         per-step MSE (mean over B, C, H, W); kld the sum over steps of `kl_criterion`; the
         lab's loss is mse_sum + beta * kld.
 
-        The posterior sees only ground truth, so it runs once for all steps; under teacher
-        forcing so do the decoder and generator (each frame is encoded once and serves as the
-        current frame of step t and the previous frame of step t+1). Otherwise steps run in
-        order, each fed the detached prediction of the previous one.
+        The posterior sees only ground truth, so it runs for `chunk` steps at a time (all
+        when None); under teacher forcing so do the decoder and generator, and each frame is
+        encoded once as the current frame of step t and the previous frame of step t+1.
+        Otherwise steps run in order, each fed the detached prediction of the previous one.
+        Smaller chunks trade batching (GPUs) for cache locality (CPUs).
         """
         b, t, c, h, w = frames.shape
         steps = t - 1
         if steps < 1 or labels.shape != frames.shape:
             raise ValueError(f"frames {tuple(frames.shape)}, labels {tuple(labels.shape)}: "
                              "expected equal shapes (B, T >= 2, 3, H, W)")
+        chunk = steps if chunk is None else max(1, chunk)
         forced = torch.as_tensor(tf, dtype=torch.bool, device=frames.device).expand(b)  # (B,)
-        all_forced = bool(forced.all())
-        # step-major: (B, T, C, H, W) -> (T, B, C, H, W), flattened to (T * B, C, H, W)
-        x = frames.transpose(0, 1)
-        pose = labels[:, 1:].transpose(0, 1).reshape(steps * b, c, h, w)
-        l_cur = self.label_transformation(pose, steps=steps)  # (S * B, L, H, W)
-        if all_forced:
-            f_all = self.frame_transformation(x.reshape(t * b, c, h, w))  # (T * B, F, H, W)
-            f_cur, f_prev = f_all[b:], f_all[:-b]  # frames 1..T-1 and 0..T-2
-        else:
-            f_cur = self.frame_transformation(x[1:].reshape(steps * b, c, h, w))
+        all_forced, keep = bool(forced.all()), forced.view(b, 1, 1, 1)
+        # step-major: (B, T, C, H, W) -> (T, B, C, H, W); a chunk of n steps is flattened to
+        # (n * B, C, H, W), step by step
+        x, pose = frames.transpose(0, 1), labels.transpose(0, 1)
         if noise is not None:
-            noise = noise.transpose(0, 1).reshape(steps * b, self.n_dim, h, w)
-        z, mu, logvar = self.Gaussian_Predictor(f_cur, l_cur, noise)  # (S * B, N, H, W) each
-        kld = kl_criterion(mu, logvar, b)  # = sum over steps of the per-step KL
-
-        target = x[1:]  # (S, B, C, H, W)
-        if all_forced:
-            pred = self.Generator(self.Decoder_Fusion(f_prev, l_cur, z))  # (S * B, C, H, W)
-            sse = (pred.view(steps, b, c, h, w) - target).pow(2).sum()
-        else:
-            l_cur, z = l_cur.view(steps, b, -1, h, w), z.view(steps, b, -1, h, w)
-            keep = forced.view(b, 1, 1, 1)
-            prev, sse = x[0], frames.new_zeros(())
-            for i in range(steps):
-                f_prev = self.frame_transformation(prev)  # (B, F, H, W)
-                pred = self.Generator(self.Decoder_Fusion(f_prev, l_cur[i], z[i]))
-                sse = sse + (pred - target[i]).pow(2).sum()
-                prev = torch.where(keep, target[i], pred.detach())
+            noise = noise.transpose(0, 1)  # (S, B, N, H, W)
+        prev, sse, kld = x[0], frames.new_zeros(()), frames.new_zeros(())
+        for s in range(1, t, chunk):  # steps s .. s + n - 1
+            n = min(chunk, t - s)
+            cur = x[s:s + n]  # (n, B, C, H, W): targets and posterior inputs
+            l_cur = self.label_transformation(pose[s:s + n].reshape(n * b, c, h, w), steps=n)
+            if all_forced:  # frames s-1 .. s+n-1 encoded once
+                f = self.frame_transformation(x[s - 1:s + n].reshape((n + 1) * b, c, h, w))
+                f_prev, f_cur = f[:-b], f[b:]  # (n * B, F, H, W) each
+            else:
+                f_cur = self.frame_transformation(cur.reshape(n * b, c, h, w))
+            eps = None if noise is None else noise[s - 1:s - 1 + n].reshape(n * b, -1, h, w)
+            z, mu, logvar = self.Gaussian_Predictor(f_cur, l_cur, eps)  # (n * B, N, H, W) each
+            kld = kld + kl_criterion(mu, logvar, b)  # summed over the chunk's steps
+            if all_forced:
+                pred = self.Generator(self.Decoder_Fusion(f_prev, l_cur, z))  # (n * B, C, H, W)
+                sse = sse + (pred.view(n, b, c, h, w) - cur).pow(2).sum()
+                continue
+            l_cur, z = l_cur.view(n, b, -1, h, w), z.view(n, b, -1, h, w)
+            for i in range(n):
+                pred = self.Generator(self.Decoder_Fusion(self.frame_transformation(prev),
+                                                          l_cur[i], z[i]))  # (B, C, H, W)
+                sse = sse + (pred - cur[i]).pow(2).sum()
+                prev = torch.where(keep, cur[i], pred.detach())
         # sum over steps of the per-step mean = total squared error / (B C H W)
         return sse / (b * c * h * w), kld, steps
 
