@@ -194,6 +194,10 @@ class DanceVAE(nn.Module):
     (`forward`) and the autoregressive test protocol (`generate`).
 
     Defaults are the template's: F_dim 128, L_dim 32, N_dim 12, D_out_dim 192.
+
+    Mode: the template's `VAE_Model.eval` (its validation) shadows `nn.Module.eval`, so the lab
+    validates and tests with Label_Encoder's BatchNorm in training mode (batch statistics,
+    running averages still updated). `generate` uses whichever mode the caller sets.
     """
 
     def __init__(self, f_dim: int = 128, l_dim: int = 32, n_dim: int = 12, d_out_dim: int = 192):
