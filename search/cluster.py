@@ -116,9 +116,14 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
             # use it, so Ray's own warning about it is not shown.
             logging.getLogger("ray._private.authentication.authentication_token_setup"
                               ).setLevel(logging.ERROR)
-            context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard,
-                               dashboard_host=dashboard_host, dashboard_port=dashboard_port,
-                               **kwargs)
+            try:
+                context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard,
+                                   dashboard_host=dashboard_host,
+                                   dashboard_port=dashboard_port, **kwargs)
+            except Exception as e:  # Ray raises bare Exceptions when its services time out
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ConnectError(f"could not start a local Ray instance: {reason} (Ray's "
+                                   "logs: /tmp/ray/session_latest/logs)") from None
             url, started = context.dashboard_url, True
             orphans.record(context.address_info["session_dir"])
     else:

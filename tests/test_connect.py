@@ -75,3 +75,19 @@ def test_auto_without_cluster_is_a_connect_error(monkeypatch):
     assert str(info.value) == ("--address auto: Could not find any running Ray instance; start "
                                "one with `ray start --head` or pass its host:port")
 
+
+
+def test_failed_local_start_is_one_line(monkeypatch):
+    import ray
+
+    def timed_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen ...\n"
+                        "more lines")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", timed_out)
+    monkeypatch.setattr(clusters, "private_token", lambda: None)
+    with pytest.raises(clusters.ConnectError) as info:
+        clusters.connect(None)
+    assert str(info.value) == (
+        "could not start a local Ray instance: The current node timed out during startup. "
+        "This could happen ... (Ray's logs: /tmp/ray/session_latest/logs)")
