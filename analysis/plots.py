@@ -272,3 +272,92 @@ def _distribution(spec: object, values: pd.Series) -> optuna.distributions.BaseD
 def _plain(value: object) -> object:
     """numpy/pandas scalars as the Python values optuna stores."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def confirm_plots(summary: dict, out_dir: Path, stem: str) -> dict[str, tuple[Path, str]]:
+    """Figures of a confirmation (search.confirm's confirm.json, in directory `stem`):
+    learning curves per level with a confidence band over seeds, and a dot-and-interval plot
+    of final validation and test PSNR per level. Returns {name: (path, caption)}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    factor, level = summary["factor"], f"{summary['confidence']:.0%}"
+    figures = {
+        f"{stem}_curves": (_confirm_curves(summary),
+                           f"Validation PSNR per epoch for each {factor} level: mean over seeds "
+                           f"with a {level} confidence band (t); thin lines: single seeds"),
+        f"{stem}_levels": (_confirm_levels(summary),
+                           f"Final PSNR per {factor} level: dots = seeds, bar = mean with "
+                           f"{level} confidence interval"),
+    }
+    paths = {}
+    for name, (fig, caption) in figures.items():
+        paths[name] = (out_dir / f"{name}.png", caption)
+        fig.savefig(paths[name][0], dpi=110)
+    return paths
+
+
+def _level_colors(summary: dict) -> dict[str, str]:
+    cycle = [c for c in ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple",
+                         "tab:brown", "tab:pink", "tab:olive", "tab:cyan")]
+    if summary["factor"] == MODE:
+        return {lv: _mode_color(lv) for lv in summary["labels"]}
+    return {lv: cycle[i % len(cycle)] for i, lv in enumerate(summary["labels"])}
+
+
+def _confirm_curves(summary: dict) -> Figure:
+    from analysis.stats import mean_ci
+
+    groups, colors = summary["configs"], _level_colors(summary)
+    fig, axes = _figure(6 * len(groups), 4.5, ncols=len(groups))
+    for ax, group in zip(np.atleast_1d(axes), groups):
+        for lv in summary["labels"]:
+            curves = [r["val_psnr_curve"] for r in summary["runs"]
+                      if r["rank"] == group["rank"] and r["label"] == lv and r["val_psnr_curve"]]
+            if not curves:
+                continue
+            width = max(map(len, curves))
+            grid = np.full((len(curves), width), np.nan)
+            for i, curve in enumerate(curves):
+                grid[i, :len(curve)] = [np.nan if v is None else v for v in curve]
+            epochs = np.arange(1, width + 1)
+            for row in grid:
+                ax.plot(epochs, row, color=colors[lv], lw=0.6, alpha=0.35)
+            intervals = [mean_ci(grid[:, j]) for j in range(width)]
+            ax.plot(epochs, [iv.mean for iv in intervals], color=colors[lv], lw=2,
+                    label=f"{lv} (n = {len(curves)})")
+            ax.fill_between(epochs, [iv.low for iv in intervals], [iv.high for iv in intervals],
+                            color=colors[lv], alpha=0.2, lw=0)
+        ax.set(xlabel="epoch", ylabel="validation PSNR (dB)",
+               title=f"configuration {group['rank']} (sweep trial {group['trial_id']})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    return fig
+
+
+def _confirm_levels(summary: dict) -> Figure:
+    groups, colors, labels = summary["configs"], _level_colors(summary), summary["labels"]
+    metrics = {"val_psnr": "final validation PSNR (dB)", "test_psnr": "test PSNR (dB)"}
+    fig, axes = _figure(4.5 * len(metrics), 1.5 + 0.45 * len(labels) * len(groups),
+                        ncols=len(metrics))
+    for ax, (metric, title) in zip(axes, metrics.items()):
+        ticks = []
+        for g, group in enumerate(groups):
+            for i, lv in enumerate(labels):
+                y = -(g * (len(labels) + 1) + i)
+                ticks.append((y, lv if len(groups) == 1 else f"c{group['rank']} {lv}"))
+                values = [r[metric] for r in summary["runs"] if r["rank"] == group["rank"]
+                          and r["label"] == lv and r[metric] is not None]
+                jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+                ax.scatter(values, y + np.asarray(jitter[:len(values)]), color=colors[lv], s=22,
+                           alpha=0.6, zorder=2)
+                iv = group["statistics"][lv][metric]
+                if iv["mean"] is not None:
+                    low = iv["mean"] - iv["low"] if iv["low"] is not None else 0.0
+                    high = iv["high"] - iv["mean"] if iv["high"] is not None else 0.0
+                    ax.errorbar([iv["mean"]], [y], xerr=[[low], [high]], fmt="D", color="black",
+                                ms=6, capsize=4, zorder=3)
+        ax.set_yticks([t for t, _ in ticks], [text for _, text in ticks])
+        ax.set(xlabel=title, title=title.split(" (")[0])
+        ax.grid(alpha=0.3, axis="x")
+    return fig

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from analysis.plots import PLOTS, make_plots
+from analysis.plots import PLOTS, confirm_plots, make_plots
 from analysis.results import (INCOMPLETE, KEY_PARAMS, MISSING, MODE, NOT_STARTED, Experiment,
                               ExperimentError, best_checkpoint, load_experiment)
-from analysis.tables import Table, all_tables, fmt
+from analysis.tables import Table, all_tables, confirm_tables, fmt
 
 N_PAST, N_FUTURE = 2, 10  # demo protocol of the test evaluation
 UNFINISHED = (MISSING, INCOMPLETE, "running", "pending")  # statuses listed as missing/incomplete
@@ -61,11 +61,38 @@ def build_report(exp_dir: Path | str, out_dir: Path | str | None = None, evaluat
     for table in tables:
         table.write(out / "tables")
     plots = make_plots(exp, out / "plots")
-    blocks = _document(exp, out, tables, plots, evaluations)
+    confirmations = []
+    for stem, summary in load_confirmations(exp.path):
+        extra = confirm_tables(summary, stem)
+        for table in extra:
+            table.write(out / "tables")
+        confirmations.append(Confirmation(stem, summary, extra,
+                                          confirm_plots(summary, out / "plots", stem)))
+    blocks = _document(exp, out, tables, plots, evaluations, confirmations)
     (out / "report.md").write_text(_markdown(blocks))
     (out / "report.html").write_text(_html(blocks, out, f"Sweep report: {exp.name}"))
     log(f"wrote {out / 'report.md'} and report.html")
     return out / "report.md"
+
+
+@dataclass
+class Confirmation:
+    """A multi-seed confirmation of the sweep (search.confirm) with its tables and figures."""
+    stem: str  # its directory in the experiment, confirm-<factor>
+    summary: dict  # confirm.json
+    tables: list[Table]
+    plots: dict[str, tuple[Path, str]]  # name -> (png, caption)
+
+
+def load_confirmations(exp_dir: Path) -> list[tuple[str, dict]]:
+    """(directory name, confirm.json) of every confirm-*/confirm.json in the experiment."""
+    found = []
+    for path in sorted(Path(exp_dir).glob("confirm-*/confirm.json")):
+        try:
+            found.append((path.parent.name, json.loads(path.read_text())))
+        except (OSError, ValueError) as err:
+            raise ExperimentError(f"{path}: {err}") from None
+    return found
 
 
 def evaluate_best(exp: Experiment, out: Path, data: Optional[str],
@@ -134,7 +161,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 # image paths relative to the output dir. Text may hold `code`, **bold** and [label](link).
 
 def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, Path],
-              evaluations: list[ModeEvaluation]) -> list[tuple]:
+              evaluations: list[ModeEvaluation],
+              confirmations: list[Confirmation] = ()) -> list[tuple]:
     sweep, base = exp.sweep, exp.sweep.get("base") or {}
     state = "finished" if exp.finished else "**not finished** (sweep.json `finished` is false)"
     wall = sweep.get("wall_time_s")
@@ -151,8 +179,11 @@ def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, 
          + [f"`{k}` fixed at `{base[k]}` (sweep.json base)"
             for k in KEY_PARAMS if k not in exp.searched and k in base]),
         ("h", 2, "Headline"),
-        ("ul", _headline(exp, evaluations)),
+        ("ul", _headline(exp, evaluations)
+         + [line for c in confirmations for line in _confirm_headline(c)]),
     ]
+    for confirmation in confirmations:
+        blocks += _confirmation(confirmation, out)
     unfinished = exp.trials[exp.trials["status"].isin(UNFINISHED)]
     if len(unfinished) or not exp.finished:
         blocks += [("h", 2, "Missing or incomplete trials"),
@@ -186,7 +217,8 @@ def _headline(exp: Experiment, evaluations: list[ModeEvaluation]) -> list[str]:
              f"`{top['dir']}/result.json`; hyperparameters from `{top['dir']}/params.json`."]
     mode = top[MODE]
     group = exp.ran().loc[exp.ran()[MODE] == mode, "best_val_psnr"]
-    lines.append(f"Best annealing mode (that of the best trial): **{mode}** (best "
+    lines.append(f"Best annealing mode in the sweep (that of the best trial; single runs, one "
+                 f"seed each, so a gap can be seed noise): **{mode}** (best "
                  f"{fmt(group.max())} dB, median {fmt(group.median())} dB over {group.count()} "
                  f"trial{'s' if group.count() != 1 else ''}). Traceability: `tables/modes.csv` "
                  "columns `best val PSNR`, `median val PSNR`, from `val_psnr` in each trial's "
@@ -203,6 +235,58 @@ def _headline(exp: Experiment, evaluations: list[ModeEvaluation]) -> list[str]:
                  "Traceability: `tables/compute.csv` rows `trial-epochs run`, "
                  "`grid budget (trials x epochs)`, `fraction saved`.")
     return lines
+
+
+def _confirm_headline(c: Confirmation) -> list[str]:
+    """The level with the highest mean test PSNR over seeds, and how many gaps are real."""
+    s, lines = c.summary, []
+    for group in s["configs"]:
+        means = {lv: v["test_psnr"] for lv, v in group["statistics"].items()
+                 if v["test_psnr"]["mean"] is not None}
+        if not means:
+            continue
+        top = max(means, key=lambda lv: means[lv]["mean"])
+        iv = means[top]
+        ci = (f" (95% CI {fmt(iv['low'])} to {fmt(iv['high'])})" if iv["low"] is not None
+              else "")
+        tested = [x for x in group["comparisons"]["test_psnr"] if x["p_holm"] is not None]
+        real = sum(x["significant"] for x in tested)
+        lines.append(f"Confirmation of configuration {group['rank']} over {len(s['seeds'])} seeds "
+                     f"per `{s['factor']}` level: highest mean test PSNR **{top}**, "
+                     f"{fmt(iv['mean'])} dB{ci}; {real} of {len(tested)} pairwise differences "
+                     "significant after Holm correction. Traceability: "
+                     f"`{c.stem}/confirm.json`, `tables/{c.stem}_levels.csv`.")
+    return lines
+
+
+def _confirmation(c: Confirmation, out: Path) -> list[tuple]:
+    """The confirmation section: what was re-run, tables, comparison sentences, figures."""
+    s = c.summary
+    state = "finished" if s["finished"] else "**not finished** (some runs are missing)"
+    blocks: list[tuple] = [
+        ("h", 2, f"Confirmation over seeds: {s['factor']}"),
+        ("p", f"The sweep's best configuration{'s' if len(s['configs']) > 1 else ''} re-run for "
+              f"each level of `{s['factor']}` ({', '.join(s['labels'])}), only that factor "
+              f"changed, with seeds {', '.join(map(str, s['seeds']))}, {s['epochs']} epochs each "
+              f"and no early stopping (search.confirm, `{c.stem}/`); {state}. Unlike the sweep's "
+              "tables, these compare means over seeds."),
+    ]
+    blocks += [("p", f"Note: {note}") for note in s.get("notes") or []]
+    for group in s["configs"]:
+        settings = ", ".join(f"`{k}`={fmt(v)}" for k, v in group["searched"].items())
+        blocks.append(("p", f"Configuration {group['rank']}: sweep trial `{group['trial_id']}` "
+                            f"(best val PSNR {fmt(group['best_val_psnr'])} dB; {settings})."))
+        blocks.append(("ul", [f"{metric.replace('_', ' ')}: {x['sentence']}"
+                              for metric in ("val_psnr", "test_psnr")
+                              for x in group["comparisons"][metric]]
+                       or ["one level: nothing to compare"]))
+    for table in c.tables:
+        files = ", ".join(f"[{ext}](tables/{table.name}.{ext})" for ext in ("md", "tex", "csv"))
+        blocks += [("h", 3, table.title), ("table", table),
+                   ("p", f"Traceability: {table.source}"), ("p", f"Files: {files}")]
+    for name, (path, caption) in c.plots.items():
+        blocks += [("h", 3, caption), ("img", _rel(path, out), name)]
+    return blocks
 
 
 def _unfinished(exp: Experiment, trial: Any) -> str:

@@ -36,7 +36,8 @@ class Interval:
     method: str  # one of METHODS
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain data for JSON (NaN as None)."""
+        return _plain(asdict(self))
 
 
 @dataclass
@@ -79,17 +80,20 @@ class Comparison:
         if not self.tested:
             why = ("no variation between seeds" if min(self.n_a, self.n_b) >= 2
                    else "at least 2 seeds per level needed")
-            return f"{head}: {self.diff:+.2f} {unit}, not tested ({why}; {n})"
+            return f"{head}: {_num(self.diff, '+.2f')} {unit}, not tested ({why}; {n})"
         level = f"{self.confidence:.0%}"
-        stats_text = (f"{self.diff:+.2f} {unit} ({level} CI {self.low:.2f} to {self.high:.2f}), "
-                      f"{_p(self.p_holm)} (Holm), g = {self.g:.2g}, {n}")
+        g = _num(self.g, ".1f" if abs(self.g) >= 1 else ".2f")
+        stats_text = (f"{_num(self.diff, '+.2f')} {unit} ({level} CI {_num(self.low, '.2f')} to "
+                      f"{_num(self.high, '.2f')}), {_p(self.p_holm)} (Holm), g = {g}, {n}")
         if self.significant:
             return f"{head}: {stats_text}"
         return (f"{head}: no difference detected ({stats_text}); gaps larger than "
                 f"{self.excluded:.2f} {unit} are excluded")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "significant": self.significant, "sentence": self.sentence()}
+        """Plain data for JSON (NaN as None), with the verdict and the sentence."""
+        return _plain({**asdict(self), "significant": self.significant,
+                       "sentence": self.sentence()})
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE, method: str = "t",
@@ -181,6 +185,16 @@ def summarize(groups: Mapping[str, Sequence[float]], confidence: float = CONFIDE
 def _finite(values: Sequence[float]) -> np.ndarray:
     x = np.asarray([math.nan if v is None else v for v in values], dtype=float)
     return x[np.isfinite(x)]
+
+
+def _plain(values: dict) -> dict:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+def _num(value: float, spec: str) -> str:
+    """A number as printed, without a negative zero ("-0.00")."""
+    text = format(value, spec)
+    return text if text.strip("+-0.") else format(0.0, spec)
 
 
 def _p(p: float) -> str:

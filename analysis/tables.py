@@ -215,3 +215,45 @@ def _range_labels(values: pd.Series, bins: pd.Series) -> list[tuple[int, str]]:
             break
     return [(b, text[low] if low == high else f"[{text[low]}, {text[high]}]")
             for b, low, high in bounds]
+
+
+def confirm_tables(summary: dict, stem: str) -> list[Table]:
+    """Tables of a confirmation (search.confirm's confirm.json, in directory `stem`): per level,
+    mean and confidence interval over seeds of final validation and test PSNR; and every
+    pairwise comparison (Welch, Holm-corrected)."""
+    factor, level = summary["factor"], f"{summary['confidence']:.0%}"
+    rows, pairs = [], []
+    for group in summary["configs"]:
+        for label, values in group["statistics"].items():
+            val, test = values["val_psnr"], values["test_psnr"]
+            rows.append({"config": group["rank"], factor: label, "n": val["n"],
+                         "diverged": values["diverged"], "val PSNR mean": val["mean"],
+                         f"val {level} CI low": val["low"], f"val {level} CI high": val["high"],
+                         "n test": test["n"], "test PSNR mean": test["mean"],
+                         f"test {level} CI low": test["low"],
+                         f"test {level} CI high": test["high"]})
+        for metric, comparisons in group["comparisons"].items():
+            pairs += [{"config": group["rank"], "metric": metric, "a": c["a"], "b": c["b"],
+                       "difference a - b": c["diff"], f"{level} CI low": c["low"],
+                       f"{level} CI high": c["high"], "df": c["df"], "p": c["p"],
+                       "p (Holm)": c["p_holm"], "Hedges g": c["g"], "n a": c["n_a"],
+                       "n b": c["n_b"], "significant": c["significant"]}
+                      for c in comparisons]
+    seeds = ", ".join(map(str, summary["seeds"]))
+    method = "t-based" if summary.get("ci_method", "t") == "t" else "bootstrap (BCa)"
+    return [
+        Table(f"{stem}_levels", f"{factor} over seeds: mean and {level} CI of final PSNR "
+              f"({len(summary['seeds'])} seeds per level)", pd.DataFrame(rows),
+              f"{stem}/confirm.json `configs[].statistics`: over the runs of each level (seeds "
+              f"{seeds}, {summary['epochs']} epochs, no early stopping) of the configuration of "
+              f"rank `config` in the sweep; val = the last `val_psnr` of each run's result.json "
+              "(a diverged run counts as 0 dB), test = `psnr` of evaluate_checkpoint on its final "
+              f"checkpoint (test split, 2 past -> 10 future); {method} intervals; n = runs "
+              "counted, n test = runs with a test evaluation."),
+        Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, Holm-corrected)",
+              pd.DataFrame(pairs),
+              f"{stem}/confirm.json `configs[].comparisons`: Welch's t-test of the level means "
+              "(scipy.stats.ttest_ind, equal_var=False), interval of the difference with the "
+              "Welch-Satterthwaite df (not adjusted), p Holm-adjusted over the pairs of each "
+              f"metric, Hedges' g with pooled SD; significant = p (Holm) < {summary['alpha']}."),
+    ]

@@ -254,12 +254,19 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
         print(resources.describe(), flush=True)
         sweep = run_sweep(space, trainable=trainable, storage=storage, resources=resources,
                           resume=args.resume, data=data)
+        confirmed = 0
+        if sweep.finished and space.confirm is not None:  # multi-seed re-runs, before the report
+            from search.confirm import confirm_sweep
+            confirmed = confirm_sweep(sweep.path, space.confirm, ray_cluster,
+                                      trainable=trainable, max_concurrent=space.max_concurrent)
+            if confirmed == 130:
+                print(f"confirmation interrupted; continue with: {resume_command}")
     finally:
         if ray_cluster.started:
             import ray
             ray.shutdown()
             orphans.forget()
-    return finish(sweep, space, resume_command, report=not args.no_report)
+    return finish(sweep, space, resume_command, report=not args.no_report) or confirmed
 
 
 def prepare_data(data: Optional[str], skip_bad: bool = False) -> str:

@@ -36,8 +36,11 @@ MAX_NODES = 100_000  # YAML values after alias expansion (a space file has a few
 _KEYS: dict[str, dict[str, Any]] = {
     "top": {"name": None, "metric": "val_psnr", "mode": "max", "scheduler_metric": "best",
             "num_samples": _MISSING, "seed": 0, "max_concurrent": None, "base": {},
-            "params": _MISSING, "points_to_evaluate": [], "asha": {}, "resources": {}},
+            "params": _MISSING, "points_to_evaluate": [], "asha": {}, "resources": {},
+            "confirm": None},
     "asha": {"grace_period": 1, "reduction_factor": 2, "brackets": 1},
+    # multi-seed re-runs of the best configuration after the sweep (search.confirm)
+    "confirm": {"seeds": 3, "factor": "kl_anneal", "levels": None, "top_k": 1, "epochs": None},
     "resources": {"cpu": 1, "gpu": 0},
     "loguniform": {"type": _MISSING, "low": _MISSING, "high": _MISSING, "when": {}},
     "uniform": {"type": _MISSING, "low": _MISSING, "high": _MISSING, "step": None, "when": {}},
@@ -114,6 +117,9 @@ class Space:
     asha: dict[str, int]  # grace_period, reduction_factor, brackets, max_t (= base epochs)
     resources: dict[str, Any]  # per trial: cpu (float), gpu (float or "auto")
     warnings: list[str] = field(default_factory=list)  # one-line notes for the launcher
+    # search.confirm after the sweep: seeds, factor, levels (None: its default), top_k,
+    # epochs (None: base epochs); None: no confirmation
+    confirm: Optional[dict[str, Any]] = None
 
 
 def load_space(path: Union[str, Path], overrides: Optional[dict[str, Any]] = None) -> Space:
@@ -189,7 +195,7 @@ def to_json(space: Space) -> dict[str, Any]:
         "searched": {p.name: p.spec() for p in space.params}, "base": dict(space.base),
         "seed": space.seed, "max_concurrent": space.max_concurrent,
         "points_to_evaluate": space.points_to_evaluate, "asha": dict(space.asha),
-        "resources": dict(space.resources),
+        "resources": dict(space.resources), "confirm": space.confirm,
     }
 
 
@@ -341,7 +347,36 @@ def _build(raw: dict[str, Any], path: str) -> Space:
         resources={"cpu": _positive(resources["cpu"], "resources.cpu"),
                    "gpu": _gpu(resources["gpu"])},
         warnings=notes,
+        confirm=_confirm(top["confirm"], params, fixed),
     )
+
+
+def _confirm(raw: Any, params: list[Param], fixed: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """The `confirm` section: seeds >= 1, a Config field as factor (not seed), its levels
+    converted to the field's type (required unless the factor is kl_anneal or a categorical
+    parameter), top_k >= 1, epochs >= 1 or None."""
+    if raw is None:
+        return None
+    section = _section(_mapping(raw, "confirm"), "confirm", "confirm")
+    factor = section["factor"]
+    if factor not in field_names() or factor == "seed":
+        _fail("confirm.factor", "not a factor", factor, "a field of cvae.config.Config "
+              "other than seed")
+    levels = section["levels"]
+    if levels is not None:
+        if not isinstance(levels, list) or not levels:
+            _fail("confirm.levels", "not a non-empty list", levels, f"values of {factor}")
+        levels = [_field_value(factor, v, "confirm.levels") for v in levels]
+        for value in levels:
+            _check_field(fixed, factor, value, "confirm.levels")
+    elif factor != "kl_anneal" and not any(p.name == factor and p.type == "categorical"
+                                           for p in params):
+        _fail("confirm.levels", "required key missing", expected=f"the values of {factor} to "
+              "compare (only kl_anneal and categorical parameters have default levels)")
+    return {"seeds": _int(section["seeds"], "confirm.seeds", 1), "factor": factor,
+            "levels": levels, "top_k": _int(section["top_k"], "confirm.top_k", 1),
+            "epochs": (None if section["epochs"] is None
+                       else _int(section["epochs"], "confirm.epochs", 1))}
 
 
 def _inert_values(params: list[Param], epochs: int) -> list[str]:

@@ -1,0 +1,198 @@
+"""search.confirm without Ray: the plan (best configs, levels, conditional parameters, seeds),
+usage errors, confirm.json from run directories, the space file's `confirm:` section, and the
+report's confirmation section. The end-to-end run and its resume are in test_sweep_smoke.py."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from test_analysis import make_experiment
+
+from analysis import stats
+from analysis.report import build_report
+from search.confirm import main, make_plan, run_state, summarize
+from search.space import SpaceError, load_space, to_json
+
+
+def test_plan_changes_only_the_factor_and_takes_conditional_params_per_level(tmp_path):
+    exp = make_experiment(tmp_path)
+    plan = make_plan(exp, top_k=2, seeds=3, epochs=5)
+    assert plan.levels == ["monotonic", "cyclical", "cyclical-sigmoid", "none"]
+    assert plan.seeds == [1, 2, 3] and plan.epochs == 5
+    assert [c["trial_id"] for c in plan.configs] == ["aaaa2_00002", "aaaa0_00000"]
+    assert len(plan.runs) == 2 * 4 * 3
+    assert len({r.name for r in plan.runs}) == len(plan.runs)
+    by = {(r.rank, r.level, r.seed): r.config for r in plan.runs}
+    best = {"lr": 2e-3, "tfr_start_decay_epoch": 0, "batch_size": 16, "epochs": 5}
+    for level in plan.levels:
+        for seed in (1, 2, 3):
+            config = by[1, level, seed]
+            assert {k: config[k] for k in best} == best
+            assert config["kl_anneal"] == level and config["seed"] == seed
+    # the cycle count: the best trial of the level's (cyclical: 2 from trial 2), else the
+    # configuration's own (cyclical-sigmoid never ran: 2), the base value where inactive (4)
+    assert [by[1, lv, 1]["kl_anneal_cycle"] for lv in plan.levels] == [4, 2, 2, 4]
+    # configuration 2 is monotonic with an inactive cycle count 4: cyclical takes trial 2's 2
+    assert by[2, "cyclical", 1]["kl_anneal_cycle"] == 2
+    assert by[2, "cyclical", 1]["lr"] == 1e-3
+    levels = plan.configs[1]["levels"]
+    assert levels["cyclical"]["from_trial"] == "aaaa2_00002"
+    assert levels["cyclical-sigmoid"]["from_trial"] is None
+
+
+def test_diverged_trials_are_not_confirmed_and_any_key_can_be_the_factor(tmp_path):
+    exp = make_experiment(tmp_path)
+    plan = make_plan(exp, top_k=10, seeds=1)
+    assert "aaaa4_00004" not in [c["trial_id"] for c in plan.configs]  # diverged
+    assert len(plan.configs) == 5
+    lr = make_plan(exp, factor="lr", levels=["1e-3", 0.002], seeds=2)
+    assert lr.levels == [0.001, 0.002]
+    assert [r.name for r in lr.runs] == ["c1-0.001-s1", "c1-0.001-s2", "c1-0.002-s1",
+                                         "c1-0.002-s2"]
+    tfr = make_plan(exp, factor="tfr_start_decay_epoch", levels=["0", "2"], seeds=1)
+    assert [r.config["tfr_start_decay_epoch"] for r in tfr.runs] == [0, 2]
+    assert all(r.config["kl_anneal"] == "cyclical" for r in tfr.runs)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--factor", "nope"], "--factor nope: not a field"),
+    (["--factor", "seed"], "--factor seed: set by the confirmation"),
+    (["--factor", "lr"], "--levels: required for --factor lr"),
+    (["--levels", "monotonic", "sideways"], "--levels sideways: rejected by cvae.config"),
+    (["--levels", "monotonic", "monotonic"], "--levels: monotonic is given twice"),
+    (["--factor", "batch_size", "--levels", "4", "x"], "--levels: batch_size='x'"),
+    (["--seeds", "0"], "--seeds 0: expected an integer >= 1"),
+    (["--top-k", "0"], "--top-k 0: expected an integer >= 1"),
+    (["--max-concurrent", "0"], "--max-concurrent 0"),
+    (["--ci", "normal"], "argument --ci: invalid choice"),
+])
+def test_usage_errors_are_one_line(tmp_path, capsys, argv, message):
+    exp = make_experiment(tmp_path)
+    assert main([str(exp), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_missing_experiment_and_dry_run(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "sweep.json" in capsys.readouterr().err
+    exp = make_experiment(tmp_path)
+    assert main([str(exp), "--dry-run", "--seeds", "2", "--levels", "none", "cyclical"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["c1-none-s1", "c1-none-s2",
+                                                      "c1-cyclical-s1", "c1-cyclical-s2"]
+    assert json.loads(lines[0].split(": ", 1)[1])["kl_anneal"] == "none"
+    assert not (exp / "confirm-kl_anneal").exists()
+
+
+FINAL = {("monotonic", 1): 21.0, ("monotonic", 2): 21.4, ("monotonic", 3): 21.2,
+         ("cyclical", 1): 18.0, ("cyclical", 2): 18.4, ("cyclical", 3): 18.2}
+
+
+def _write_runs(plan, skip=()):
+    """Run directories as Ray writes them: result.json rows per epoch, plus test_metrics.json."""
+    for run in plan.runs:
+        if (run.level, run.seed) in skip:
+            continue
+        d = plan.run_dir(run)
+        d.mkdir(parents=True)
+        final = FINAL[run.level, run.seed]
+        rows = [{"epoch": e, "training_iteration": e, "val_psnr": final - (plan.epochs - e),
+                 "diverged": False} for e in range(1, plan.epochs + 1)]
+        (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (d / "checkpoint_000002").mkdir()
+        (d / "test_metrics.json").write_text(json.dumps(
+            {"checkpoint": "checkpoint_000002", "psnr": final + 0.5, "ssim": 0.8,
+             "baseline_psnr": 19.0}))
+
+
+def test_summary_of_finished_and_missing_runs(tmp_path):
+    exp = make_experiment(tmp_path)
+    plan = make_plan(exp, levels=["monotonic", "cyclical"], seeds=3, epochs=3)
+    _write_runs(plan)
+    summary = summarize(plan)
+    assert summary["finished"] and len(summary["runs"]) == 6
+    run = next(r for r in summary["runs"] if r["name"] == "c1-monotonic-s2")
+    assert run["val_psnr"] == 21.4 and run["val_psnr_curve"] == pytest.approx([19.4, 20.4, 21.4])
+    assert run["test_psnr"] == 21.9 and run["checkpoint"] == "c1-monotonic-s2/checkpoint_000002"
+    group = summary["configs"][0]
+    mono = stats.mean_ci([21.0, 21.4, 21.2])
+    got = group["statistics"]["monotonic"]["val_psnr"]
+    assert (got["n"], got["mean"], got["low"], got["high"]) == pytest.approx(
+        (3, mono.mean, mono.low, mono.high))
+    assert group["statistics"]["cyclical"]["test_psnr"]["mean"] == pytest.approx(18.7)
+    (val,) = group["comparisons"]["val_psnr"]
+    assert (val["a"], val["b"]) == ("monotonic", "cyclical") and val["diff"] == pytest.approx(3)
+    assert val["significant"] and val["sentence"].startswith("monotonic vs cyclical: +3.00 dB")
+    json.dumps(summary, allow_nan=False)  # strict JSON: no NaN
+
+    (plan.run_dir(plan.runs[0]) / "result.json").write_text(
+        json.dumps({"epoch": 1, "val_psnr": 15.0, "diverged": False}) + "\n")
+    assert run_state(plan.run_dir(plan.runs[0]), 3)[0] == "incomplete"
+    assert run_state(plan.directory / "nope", 3)[0] == "missing"
+    partial = summarize(plan)
+    assert not partial["finished"]
+    assert partial["configs"][0]["statistics"]["monotonic"]["val_psnr"]["n"] == 2
+    assert partial["runs"][0]["status"] == "incomplete" and partial["runs"][0]["val_psnr"] is None
+
+
+def test_report_shows_the_confirmation(tmp_path):
+    exp = make_experiment(tmp_path)
+    plan = make_plan(exp, levels=["monotonic", "cyclical"], seeds=3, epochs=3)
+    _write_runs(plan)
+    (plan.directory / "confirm.json").write_text(json.dumps(summarize(plan)))
+    report = build_report(exp, quiet=True, evaluate=False).read_text()
+    assert "## Confirmation over seeds: kl_anneal" in report
+    assert "- val psnr: monotonic vs cyclical: +3.00 dB (95% CI " in report
+    assert "highest mean test PSNR **monotonic**, 21.70 dB" in report
+    for name in ("confirm-kl_anneal_levels", "confirm-kl_anneal_comparisons"):
+        for ext in ("md", "tex", "csv"):
+            assert (exp / "tables" / f"{name}.{ext}").is_file()
+    for name in ("confirm-kl_anneal_curves", "confirm-kl_anneal_levels"):
+        assert (exp / "plots" / f"{name}.png").stat().st_size > 1000
+    levels = (exp / "tables" / "confirm-kl_anneal_levels.csv").read_text().splitlines()
+    assert levels[1].startswith("1,monotonic,3,0,21.2")
+    assert "single runs" in report  # the sweep's own tables say what they rank
+
+
+SPACE = """
+name: s
+num_samples: 2
+base: {preset: tiny}
+params:
+  lr: {type: loguniform, low: 1.0e-3, high: 5.0e-3}
+  kl_anneal: {type: categorical, choices: [monotonic, cyclical]}
+"""
+
+
+def _space(tmp_path, confirm):
+    path = tmp_path / "s.yaml"
+    path.write_text(textwrap.dedent(SPACE) + (f"confirm: {confirm}\n" if confirm else ""))
+    return load_space(path)
+
+
+def test_space_confirm_section(tmp_path):
+    assert _space(tmp_path, None).confirm is None
+    space = _space(tmp_path, "{seeds: 2, levels: [monotonic, cyclical], epochs: 2}")
+    assert space.confirm == {"seeds": 2, "factor": "kl_anneal", "levels": ["monotonic", "cyclical"],
+                             "top_k": 1, "epochs": 2}
+    assert to_json(space)["confirm"] == space.confirm
+    lr = _space(tmp_path, "{factor: lr, levels: ['1e-3', 2]}")
+    assert lr.confirm["levels"] == [0.001, 2.0]
+
+
+@pytest.mark.parametrize("confirm, message", [
+    ("{seeds: 0}", "confirm.seeds: too small"),
+    ("{factor: sed}", "confirm.factor: not a factor"),
+    ("{factor: seed}", "confirm.factor: not a factor"),
+    ("{levels: [monotonic, sideways]}", "confirm.levels: rejected by cvae.config"),
+    ("{factor: lr}", "confirm.levels: required key missing"),
+    ("{levels: []}", "confirm.levels: not a non-empty list"),
+    ("{seedz: 2}", "confirm.seedz: unknown key (did you mean 'seeds'?)"),
+    ("[3]", "confirm: not a mapping"),
+])
+def test_space_confirm_errors(tmp_path, confirm, message):
+    with pytest.raises(SpaceError) as err:
+        _space(tmp_path, confirm)
+    assert f"s.yaml: {message}" in str(err.value) and "\n" not in str(err.value)
