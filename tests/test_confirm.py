@@ -1,10 +1,18 @@
-"""search.confirm without Ray: the plan (best configs, levels, conditional parameters, seeds),
-usage errors, confirm.json from run directories, the space file's `confirm:` section, and the
-report's confirmation section. The end-to-end run and its resume are in test_sweep_smoke.py."""
+"""search.confirm: the plan (best configs, levels, conditional parameters, seeds), usage errors,
+confirm.json from run directories, the space file's `confirm:` section and the report's
+confirmation section, without Ray; then Ctrl-C and the same command again with a fake trainable.
+The end-to-end run with the real trainable is in test_sweep_smoke.py."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+from pathlib import Path
 
 import pytest
 from test_analysis import make_experiment
@@ -13,6 +21,8 @@ from analysis import stats
 from analysis.report import build_report
 from search.confirm import main, make_plan, run_state, summarize
 from search.space import SpaceError, load_space, to_json
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_plan_changes_only_the_factor_and_takes_conditional_params_per_level(tmp_path):
@@ -196,3 +206,52 @@ def test_space_confirm_errors(tmp_path, confirm, message):
     with pytest.raises(SpaceError) as err:
         _space(tmp_path, confirm)
     assert f"s.yaml: {message}" in str(err.value) and "\n" not in str(err.value)
+
+
+# search.confirm with the fake trainable of tests/fakes.py (1 s per epoch, no data needed).
+DRIVER = ("import sys; sys.path[:0] = ['tests']; import fakes; from search.confirm import main; "
+          "sys.exit(main(sys.argv[1:], trainable=fakes.fake_slow))")
+
+
+def _complete(exp, epochs):
+    return {d.name for d in (exp / "confirm-kl_anneal").glob("c1-*")
+            if run_state(d, epochs)[0] == "completed"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_then_the_same_command_continues_without_rerunning_finished_seeds(tmp_path):
+    exp = make_experiment(tmp_path)
+    argv = [sys.executable, "-c", DRIVER, str(exp), "--seeds", "3", "--levels", "monotonic",
+            "cyclical", "--epochs", "3"]
+    log = tmp_path / "first.log"
+    first = subprocess.Popen(argv, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    end = time.monotonic() + 240
+    while len(_complete(exp, 3)) < 2:  # Ctrl-C once two runs have finished
+        assert first.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)
+    assert first.wait(timeout=120) == 130, log.read_text()[-3000:]
+    time.sleep(1)
+    with contextlib.suppress(ProcessLookupError):  # Ray processes that outlived the driver
+        os.killpg(first.pid, signal.SIGKILL)
+    assert "interrupted; continue with: python -m search.confirm " in log.read_text()
+    done = _complete(exp, 3)
+    assert 2 <= len(done) < 6
+    partial = json.loads((exp / "confirm-kl_anneal" / "confirm.json").read_text())
+    assert not partial["finished"]
+    kept = {name: (exp / "confirm-kl_anneal" / name / "result.json").read_text()
+            for name in done}
+
+    again = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"6 runs, {len(done)} already done, {6 - len(done)} to run" in again.stdout
+    assert not any(f"{name}: started" in again.stdout for name in done)
+    assert again.stdout.count(": started") == 6 - len(done)
+    for name, rows in kept.items():  # finished runs untouched
+        assert (exp / "confirm-kl_anneal" / name / "result.json").read_text() == rows
+    summary = json.loads((exp / "confirm-kl_anneal" / "confirm.json").read_text())
+    assert summary["finished"] and len(summary["runs"]) == 6
+    assert all(r["status"] == "completed" and r["epochs"] == 3 for r in summary["runs"])
+    final = 15.0 + 12.0 * (1 - 0.6 ** 3)  # the fake's curve after 3 epochs at lr 2e-3
+    assert all(r["val_psnr"] == pytest.approx(final) for r in summary["runs"])
