@@ -398,7 +398,8 @@ def latent_statistics(checkpoints: dict[str, list[Path]]) -> Optional[dict]:
     """Hook for what each level does to the latent, from its runs' final checkpoints
     ({level label: [checkpoint dirs]}): KL per latent dimension on the validation split, active
     units (Burda et al. 2016: posterior-mean covariance over inputs > 0.01), and test PSNR with
-    z from the posterior vs the prior. None until cvae.evaluate can draw z from the posterior."""
+    z from the posterior vs the prior (cvae.evaluate.evaluate_checkpoint with latent=True on the
+    validation split, and z="posterior" on the test split). None: not computed yet."""
     return None
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import signal
 import subprocess
@@ -65,6 +66,46 @@ def test_smoke_sweep(tmp_path, synth_root):
     assert "Trial status" not in run.stdout  # Ray's own progress output stays off
     if importlib.util.find_spec("analysis.report") is not None:
         assert "report: " in run.stdout
+    check_confirmation(exp, trials, run.stdout + run.stderr)
+
+
+def check_confirmation(exp, trials, output):
+    """The space's `confirm:` re-ran the best config for both modes x 2 seeds x 2 epochs with
+    finite metrics; `search.confirm` run again after one run's results were lost re-runs only
+    that one."""
+    confirm_dir = exp / "confirm-kl_anneal"
+    summary = read(confirm_dir / "confirm.json")
+    assert summary["finished"] and summary["labels"] == ["monotonic", "cyclical"]
+    best = max(trials.values(), key=lambda t: t["best_val_psnr"])
+    assert summary["configs"][0]["dir"] == best["dir"]
+    runs = {(r["label"], r["seed"]): r for r in summary["runs"]}
+    assert set(runs) == {(m, s) for m in ("monotonic", "cyclical") for s in (1, 2)}
+    for r in runs.values():
+        assert r["status"] == "completed" and r["epochs"] == 2
+        assert all(isinstance(r[k], float) and math.isfinite(r[k])
+                   for k in ("val_psnr", "test_psnr", "baseline_psnr")), (r, output[-3000:])
+        assert r["val_psnr"] == r["val_psnr_curve"][-1]
+    stats = summary["configs"][0]["statistics"]["cyclical"]["test_psnr"]
+    values = [runs["cyclical", s]["test_psnr"] for s in (1, 2)]
+    assert stats["n"] == 2 and stats["mean"] == pytest.approx(sum(values) / 2)
+    assert len(summary["configs"][0]["comparisons"]["val_psnr"]) == 1
+
+    lost = confirm_dir / "c1-cyclical-s2"
+    kept = {p: p.stat().st_mtime_ns for p in confirm_dir.glob("c1-*/result.json") if
+            p.parent != lost}
+    (lost / "result.json").unlink()
+    again = subprocess.run(
+        [sys.executable, "-m", "search.confirm", str(exp), "--seeds", "2", "--levels",
+         "monotonic", "cyclical", "--epochs", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "4 runs, 3 already done, 1 to run" in again.stdout
+    assert "c1-cyclical-s2: started" in again.stdout and again.stdout.count(": started") == 1
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    rerun = read(confirm_dir / "confirm.json")
+    assert rerun["finished"] and len(rerun["runs"]) == 4
+    assert [r["test_psnr"] for r in rerun["runs"] if r["name"] != lost.name] == [
+        r["test_psnr"] for r in summary["runs"] if r["name"] != lost.name]
 
 
 SPACE = """
