@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import errno
 import importlib.util
 import json
 import logging
@@ -209,6 +210,13 @@ def main(argv: Optional[Sequence[str]] = None,
     except KeyboardInterrupt:  # a second Ctrl-C, or one before the sweep started
         print(f"interrupted; continue with: {resume_command}", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"error: no space left on the device ({e.filename or storage}): free some, then "
+              f"try: {resume_command} (if Ray could not save the experiment state, start anew "
+              "with another --name)", file=sys.stderr)
+        return 1
 
 
 def _launch(args: argparse.Namespace, space: Space, storage: str,

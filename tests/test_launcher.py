@@ -474,3 +474,19 @@ def test_best_config_never_comes_from_a_diverged_trial(tmp_path, capsys, results
         assert "best config" not in out.replace("no best config", "")
     else:
         assert f"best val_psnr {best[1]:.4g} in {best[0]}\nbest config: lr=2.0" in out
+
+
+def test_disk_full_is_one_line_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import search.run
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "x"))
+    monkeypatch.setattr(search.run, "_launch", full)
+    space = write_space(tmp_path)
+    assert main(["--space", str(space), "--storage", str(tmp_path / "runs")]) == 1
+    assert one_line_error(capsys) == (
+        f"error: no space left on the device ({tmp_path / 'runs' / 'x'}): free some, then "
+        f"try: python -m search.run --space {space} --storage {tmp_path / 'runs'} --resume (if "
+        "Ray could not save the experiment state, start anew with another --name)")
