@@ -191,9 +191,7 @@ def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, 
                     or ["none: every trial has a final status"])]
     blocks.append(("h", 2, "Tables"))
     for table in tables:
-        files = ", ".join(f"[{ext}](tables/{table.name}.{ext})" for ext in ("md", "tex", "csv"))
-        blocks += [("h", 3, table.title), ("table", table),
-                   ("p", f"Traceability: {table.source}"), ("p", f"Files: {files}")]
+        blocks += _table_blocks(table)
     blocks.append(("h", 2, "Plots"))
     for name, path in plots.items():
         blocks += [("h", 3, PLOTS[name][1]), ("img", _rel(path, out), name)]
@@ -281,12 +279,17 @@ def _confirmation(c: Confirmation, out: Path) -> list[tuple]:
                               for x in group["comparisons"][metric]]
                        or ["one level: nothing to compare"]))
     for table in c.tables:
-        files = ", ".join(f"[{ext}](tables/{table.name}.{ext})" for ext in ("md", "tex", "csv"))
-        blocks += [("h", 3, table.title), ("table", table),
-                   ("p", f"Traceability: {table.source}"), ("p", f"Files: {files}")]
+        blocks += _table_blocks(table)
     for name, (path, caption) in c.plots.items():
         blocks += [("h", 3, caption), ("img", _rel(path, out), name)]
     return blocks
+
+
+def _table_blocks(table: Table) -> list[tuple]:
+    """A table with its title, traceability note and links to its files."""
+    files = ", ".join(f"[{ext}](tables/{table.name}.{ext})" for ext in ("md", "tex", "csv"))
+    return [("h", 3, table.title), ("table", table), ("p", f"Traceability: {table.source}"),
+            ("p", f"Files: {files}")]
 
 
 def _unfinished(exp: Experiment, trial: Any) -> str:
