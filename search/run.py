@@ -6,7 +6,8 @@ val_psnr by default, so a dip at a rung in the middle of a KL cycle does not kil
 Optuna hears how each trial really ended (`search.searcher`). Results go to
 `<storage>/<name>/` (sweep.json, trials.json, per-trial result.json/history.json/checkpoints;
 docs/CONTRACTS.md). Every usage or space-file error is one line on stderr and exit code 2,
-before Ray starts.
+before Ray starts. When the space file has a `confirm:` section, the best configuration is then
+re-run with several seeds per level of one factor (`search.confirm`), before the report.
 
 Interrupted sweeps (Ctrl-C, a killed driver, a lost machine) continue with the same command
 plus `--resume`: trials that finished are kept as they are (the experiment state is saved
