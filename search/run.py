@@ -248,7 +248,8 @@ def _launch(args: argparse.Namespace, space: Space, storage: str,
     try:
         where = "started a local Ray instance" if ray_cluster.started else "joined"
         print(f"ray: {where} at {ray_cluster.address} ({_describe_resources(ray_cluster)})")
-        if not ray_cluster.started and ray_cluster.auth_mode != "token":
+        joined = args.address or os.environ.get("RAY_ADDRESS")
+        if joined and not ray_cluster.started and ray_cluster.auth_mode != "token":
             print(f"warning: token authentication is {ray_cluster.auth_mode or 'unknown'} on "
                   "this cluster (--allow-unauthenticated-cluster)", file=sys.stderr)
         print(clusters.dashboard_help(ray_cluster, requested=not args.no_dashboard), flush=True)

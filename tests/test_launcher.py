@@ -327,9 +327,11 @@ def test_sweep_prints_a_table_and_the_best_config(fast_sweep):
 
 
 def trial_actors():
+    import ray
     from ray.util.state import list_actors
 
-    return [a for a in list_actors(filters=[("state", "=", "ALIVE")])
+    address = ray.get_runtime_context().gcs_address  # other Ray instances may run here
+    return [a for a in list_actors(address=address, filters=[("state", "=", "ALIVE")])
             if "fake_slow" in a.class_name or "ImplicitFunc" in a.class_name]
 
 
