@@ -61,7 +61,8 @@ def rows(trial_dir):
 
 
 def ray_start(env, *args):
-    run = subprocess.run(["ray", "start", "--disable-usage-stats", "--num-cpus=1",
+    ray = str(Path(sys.executable).parent / "ray")  # the CLI of this environment's Ray
+    run = subprocess.run([ray, "start", "--disable-usage-stats", "--num-cpus=1",
                           "--node-ip-address=127.0.0.1",
                           f"--dashboard-agent-listen-port={free_port()}", *args],
                          env=env, capture_output=True, text=True, timeout=120)
