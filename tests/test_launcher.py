@@ -492,3 +492,17 @@ def test_disk_full_is_one_line_with_the_resume_command(tmp_path, capsys, monkeyp
         f"error: no space left on the device ({tmp_path / 'runs' / 'x'}): free some, then "
         f"try: python -m search.run --space {space} --storage {tmp_path / 'runs'} --resume (if "
         "Ray could not save the experiment state, start anew with another --name)")
+
+
+def test_space_warnings_are_printed_once_per_line(tmp_path, capsys, monkeypatch):
+    import search.run
+
+    monkeypatch.setattr(search.run, "_launch", lambda *args: 0)
+    text = write_space(tmp_path).read_text().replace(
+        "params:\n", "params:\n  tfr_start_decay_epoch: {type: int, low: 0, high: 5}\n")
+    space = tmp_path / "tfr.yaml"
+    space.write_text(text)
+    assert main(["--space", str(space), "--storage", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().err == (
+        f"warning: {space}: params.tfr_start_decay_epoch.high: values >= base epochs = 4 never "
+        "decay teacher forcing (got 5)\n")
