@@ -241,6 +241,21 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
                       for c in comparisons]
     seeds = ", ".join(map(str, summary["seeds"]))
     method = "t-based" if summary.get("ci_method", "t") == "t" else "bootstrap (BCa)"
+    latent = [{factor: lv, "n": v["n"], "KL per step (nats)": v["kl"],
+               "active units": v["active_units"],
+               "posterior - prior test PSNR (dB)": v["posterior_gain_db"],
+               "KL per dimension": " ".join(f"{x:.3g}" for x in v["kl_per_dim"])}
+              for lv, v in (summary.get("latent") or {}).items()]
+    extra = [Table(f"{stem}_latent", f"{factor}: what each level did to the latent",
+                   pd.DataFrame(latent),
+                   f"{stem}/confirm.json `latent`: means over the runs of each level; KL of the "
+                   "posterior from the prior per predicted step and per dimension on the "
+                   "validation split (evaluate --split validate, first 64 sequences), active "
+                   "units (Burda et al. 2016: posterior-mean variance over inputs > 0.01), test "
+                   "PSNR with z from the posterior on the true frames minus with z from the "
+                   "prior (evaluate --z posterior). Preventing posterior collapse is what KL "
+                   "annealing is for: a KL near 0 and no active unit mean a collapsed latent.")
+             ] if latent else []
     return [
         Table(f"{stem}_levels", f"{factor} over seeds: mean and {level} CI of final PSNR "
               f"({len(summary['seeds'])} seeds per level)", pd.DataFrame(rows),
@@ -256,4 +271,4 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
               "(scipy.stats.ttest_ind, equal_var=False), interval of the difference with the "
               "Welch-Satterthwaite df (not adjusted), p Holm-adjusted over the pairs of each "
               f"metric, Hedges' g with pooled SD; significant = p (Holm) < {summary['alpha']}."),
-    ]
+    ] + extra

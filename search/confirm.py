@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 from ray.tune import Callback
 
 from analysis import stats
@@ -47,6 +48,7 @@ METRICS = ("val_psnr", "test_psnr")  # per-run numbers that get per-level statis
 NOT_FACTORS = ("seed", "device", "threads", "gpu_memory_fraction", "data")  # set by confirm
 CONFIRM_FILE = "confirm.json"
 TEST_FILE = "test_metrics.json"  # a run's test-split evaluation, in its run directory
+LATENT_SEQUENCES = 64  # validation sequences for a run's KL per dimension and active units
 
 
 class ConfirmError(Exception):
@@ -339,7 +341,15 @@ def evaluate_runs(plan: Plan, device: str = "cpu") -> None:
             continue
         keys = ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "n_sequences", "n_past",
                 "n_future")
-        _write(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys}})
+        # what the schedule did to the latent: z from the posterior on the test split, KL per
+        # dimension and active units on (at most LATENT_SEQUENCES of) the validation split
+        post = evaluate_checkpoint(ckpt, split="test", device=device, z="posterior")
+        val = evaluate_checkpoint(ckpt, split="validate", device=device, latent=True,
+                                  max_sequences=LATENT_SEQUENCES)
+        _write(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys},
+                                     "posterior_psnr": post["psnr"], "val_kl": val["kl"],
+                                     "val_kl_per_dim": val["kl_per_dim"],
+                                     "active_units": val["active_units"]})
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -364,6 +374,8 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
             "test_psnr": test.get("psnr"), "test_ssim": test.get("ssim"),
             "baseline_psnr": test.get("baseline_psnr"),
             "checkpoint": f"{run.name}/{test['checkpoint']}" if test else None,
+            **{k: test.get(k) for k in ("posterior_psnr", "val_kl", "val_kl_per_dim",
+                                        "active_units")},
             "config": run.config,
         })
     groups = []
@@ -388,19 +400,27 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
         "seeds": plan.seeds, "epochs": plan.epochs, "confidence": stats.CONFIDENCE,
         "alpha": stats.ALPHA, "ci_method": ci_method, "finished": finished,
         "wall_time_s": wall_time_s, "notes": plan.notes, "configs": groups, "runs": runs,
-        "latent": latent_statistics(
-            {label(v): [plan.directory / r["checkpoint"] for r in runs
-                        if r["label"] == label(v) and r["checkpoint"]] for v in plan.levels}),
+        "latent": latent_statistics(runs),
     }
 
 
-def latent_statistics(checkpoints: dict[str, list[Path]]) -> Optional[dict]:
-    """Hook for what each level does to the latent, from its runs' final checkpoints
-    ({level label: [checkpoint dirs]}): KL per latent dimension on the validation split, active
-    units (Burda et al. 2016: posterior-mean covariance over inputs > 0.01), and test PSNR with
-    z from the posterior vs the prior (cvae.evaluate.evaluate_checkpoint with latent=True on the
-    validation split, and z="posterior" on the test split). None: not computed yet."""
-    return None
+def latent_statistics(runs: list[dict]) -> dict:
+    """Per level, what the schedule did to the latent (means over its finished runs): KL of the
+    posterior from the prior per latent dimension on the validation split, active units
+    (Burda et al. 2016: posterior-mean variance over inputs > 0.01), and test PSNR with z from
+    the posterior minus with z from the prior (what z carries that the prior does not give)."""
+    out = {}
+    for r in runs:
+        if r.get("val_kl_per_dim") is None:
+            continue
+        out.setdefault(r["label"], []).append(r)
+    return {lv: {"n": len(rs),
+                 "kl": float(np.mean([r["val_kl"] for r in rs])),
+                 "kl_per_dim": np.mean([r["val_kl_per_dim"] for r in rs], 0).tolist(),
+                 "active_units": float(np.mean([r["active_units"] for r in rs])),
+                 "posterior_gain_db": float(np.mean([r["posterior_psnr"] - r["test_psnr"]
+                                                     for r in rs]))}
+            for lv, rs in out.items()}
 
 
 def describe(summary: dict) -> list[str]:

@@ -255,3 +255,21 @@ def test_ctrl_c_then_the_same_command_continues_without_rerunning_finished_seeds
     assert all(r["status"] == "completed" and r["epochs"] == 3 for r in summary["runs"])
     final = 15.0 + 12.0 * (1 - 0.6 ** 3)  # the fake's curve after 3 epochs at lr 2e-3
     assert all(r["val_psnr"] == pytest.approx(final) for r in summary["runs"])
+
+
+def test_latent_statistics_average_each_levels_runs():
+    from search.confirm import latent_statistics
+
+    runs = [
+        {"label": "monotonic", "val_kl": 1.0, "val_kl_per_dim": [0.5, 0.5], "active_units": 2,
+         "posterior_psnr": 25.0, "test_psnr": 24.0},
+        {"label": "monotonic", "val_kl": 3.0, "val_kl_per_dim": [2.5, 0.5], "active_units": 1,
+         "posterior_psnr": 24.0, "test_psnr": 24.0},
+        {"label": "none", "val_kl": 0.0, "val_kl_per_dim": [0.0, 0.0], "active_units": 0,
+         "posterior_psnr": 20.0, "test_psnr": 20.0},
+        {"label": "none", "val_kl_per_dim": None},  # not evaluated: left out
+    ]
+    out = latent_statistics(runs)
+    assert out["monotonic"] == {"n": 2, "kl": 2.0, "kl_per_dim": [1.5, 0.5], "active_units": 1.5,
+                                "posterior_gain_db": 0.5}
+    assert out["none"]["n"] == 1 and out["none"]["posterior_gain_db"] == 0.0
