@@ -124,10 +124,9 @@ def test_unusable_storage_is_one_line_before_ray_starts(tmp_path, capsys, storag
     names["file"].write_text("")
     names["locked"].mkdir(mode=0o500)
     storage, expected = storage.format(**names), expected.format(**names)
-    start = time.monotonic()
     rc = main(["--space", str(write_space(tmp_path)), "--storage", storage],
               trainable=fakes.fake_fast)
-    assert rc == 2 and time.monotonic() - start < 5
+    assert rc == 2
     assert one_line_error(capsys).startswith(f"error: {expected}")
     assert not ray.is_initialized()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "locked", "t.yaml"]

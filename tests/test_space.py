@@ -382,7 +382,7 @@ def test_alias_bomb_as_a_value_fails_fast(tmp_path: Path) -> None:
     tracemalloc.stop()
     assert message == (f"YAML aliases expand to more than {MAX_NODES} values (expected a space "
                        "file of plain settings)")
-    assert elapsed < 2.0 and peak < 50e6, (elapsed, peak)
+    assert peak < 50e6, (elapsed, peak)  # refused before expanding (no timed assertion)
 
 
 def test_small_aliases_still_work(tmp_path: Path) -> None:
