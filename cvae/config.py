@@ -174,7 +174,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 posterior_rnn_layers=1, lr=0.003, batch_size=8, epoch_size=60, epochs=10,
                 n_past=2, n_future=10, tfr=1.0, tfr_start_decay_epoch=5, tfr_lower_bound=0.0,
                 kl_anneal="cyclical", kl_anneal_cycle=2, kl_anneal_ratio=0.5,
-                beta_max=1e-3, val_sequences=32),
+                beta_max=1e-3, val_sequences=32, train_window="first", init="torch"),
     "tiny": dict(width=0.0625, g_dim=16, z_dim=4, rnn_size=32, predictor_rnn_layers=1,
                  posterior_rnn_layers=1, lr=0.002, batch_size=4, epoch_size=4, epochs=2,
                  n_past=2, n_future=4, eval_n_future=4, tfr=1.0, tfr_start_decay_epoch=1,
