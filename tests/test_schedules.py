@@ -44,20 +44,8 @@ def test_cyclical_endpoints_monotone_ramps_and_cycle_count(mode, cycles, ratio):
 
 def test_cyclical_matches_frange_cycle_linear():
     """Fu et al. 2019 reference: beta ramps linearly over ratio * period, then holds."""
-    def frange_cycle_linear(n_iter, start, stop, n_cycle, ratio):
-        out = [stop] * n_iter
-        period = n_iter / n_cycle
-        step = (stop - start) / (period * ratio)
-        for c in range(n_cycle):
-            v, i = start, 0
-            while v <= stop and int(i + c * period) < n_iter:
-                out[int(i + c * period)] = v
-                v += step
-                i += 1
-        return out
-
     c = cfg(kl_anneal="cyclical", kl_anneal_cycle=4, kl_anneal_ratio=0.5, epochs=40)
-    ref = frange_cycle_linear(40, 0.0, 1.0, 4, 0.5)
+    ref = fu_frange_cycle_linear(40, 0.0, 1.0, 4, 0.5)
     assert betas(c) == pytest.approx(ref, abs=1e-9)
 
 
