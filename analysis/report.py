@@ -22,6 +22,7 @@ from analysis.plots import PLOTS, confirm_plots, make_plots
 from analysis.results import (INCOMPLETE, KEY_PARAMS, MISSING, MODE, NOT_STARTED, Experiment,
                               ExperimentError, best_checkpoint, load_experiment)
 from analysis.tables import Table, all_tables, confirm_tables, fmt
+from cvae import jsonsafe
 
 N_PAST, N_FUTURE = 2, 10  # demo protocol of the test evaluation
 UNFINISHED = (MISSING, INCOMPLETE, "running", "pending")  # statuses listed as missing/incomplete
@@ -120,7 +121,8 @@ def evaluate_best(exp: Experiment, out: Path, data: Optional[str],
             ev.note = f"evaluation failed: {type(err).__name__}: {err}"
             continue
         media.mkdir(parents=True, exist_ok=True)
-        (media / "test_metrics.json").write_text(json.dumps(ev.result, indent=1, default=_jsonable))
+        (media / "test_metrics.json").write_text(
+            jsonsafe.dumps(ev.result, indent=1, default=_jsonable))
     return evaluations
 
 
