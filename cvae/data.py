@@ -325,10 +325,6 @@ def resolve_root(data: Optional[str]) -> Path:
     return root
 
 
-def train_cond_stats(root: Path, skip_bad: bool = False) -> CondStats:
-    return CondStats.of(load_split(root, "train", skip_bad=skip_bad).conds)
-
-
 class BairDataset(torch.utils.data.Dataset):
     """`(frames, conditions)` pairs: frames float (T, 3, 64, 64) in [0, 1], conditions (T, 7)
     (actions then end-effector positions), T = `seq_len` frames from `start` (the first frames,

@@ -22,7 +22,7 @@ import torch
 
 from cvae import checkpoint, jsonsafe
 from cvae.config import PRESETS, Config, preset
-from cvae.data import BairDataset, CondStats, DataError, N_FRAMES, resolve_root, train_cond_stats
+from cvae.data import BairDataset, CondStats, DataError, N_FRAMES, resolve_root
 from cvae.evaluate import evaluate
 from cvae.model import SVG
 from cvae.schedules import kl_beta, teacher_forcing_ratio
@@ -85,14 +85,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)  # batches, windows, teacher-forcing coins
         root = resolve_root(cfg.data)
-        stats = None
+        self.train_set = BairDataset(root, "train", cfg.n_past + cfg.n_future,
+                                     skip_bad=cfg.skip_bad)
+        stats = None  # from the checkpoint, or of the split just loaded (not loaded twice)
         if state is not None:
             stats = CondStats.from_dict(state.get("cond_stats"))
         elif cfg.normalize_conditions:
-            stats = train_cond_stats(root, cfg.skip_bad)
-        self.cond_stats = stats
-        self.train_set = BairDataset(root, "train", cfg.n_past + cfg.n_future, stats,
-                                     skip_bad=cfg.skip_bad)
+            stats = CondStats.of(self.train_set.arrays.conds)
+        self.cond_stats = self.train_set.cond_stats = stats
         self.val_set = BairDataset(root, "validate", cfg.n_past + cfg.eval_n_future, stats,
                                    skip_bad=cfg.skip_bad)
         self.model = SVG(cfg).to(self.device)
