@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 from PIL import Image
@@ -612,25 +612,8 @@ def write_dataset(out: str | os.PathLike, train: int = DEFAULT_SIZES["train"],
     FileExistsError. Returns the SYNTH.json fields plus sequences, push_fraction, bytes (file
     sizes), disk_bytes (allocated blocks) and elapsed_s.
     """
-    out = Path(out).expanduser().absolute()
-    if out.exists() and not (out.is_dir() and (is_synthetic(out) or not any(out.iterdir()))):
-        raise FileExistsError(f"{out}: not empty and not a previous synth output (no SYNTH.json); "
-                              "refusing to overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out)
-    try:
-        sizes = dict(train=train, validate=validate, test=test)
-        stats = _generate(tmp, sizes, seed, workers, progress)
-        if out.exists():
-            old = _temp_sibling(out)
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dict(stats, path=str(out))
+    sizes = dict(train=train, validate=validate, test=test)
+    return write_atomically(out, lambda tmp: _generate(tmp, sizes, seed, workers, progress))
 
 
 def default_cache_dir() -> Path:
@@ -646,22 +629,59 @@ def default_path(cache_dir: Optional[str | os.PathLike] = None, seed: int = 0) -
 
 def ensure_synthetic(cache_dir: Optional[str | os.PathLike] = None, seed: int = 0,
                      quiet: bool = False) -> Path:
-    """The default-size synthetic dataset for seed, generated once into the cache.
+    """The default-size synthetic dataset for seed, generated once into the cache."""
+    target, stats = ensure_generated(
+        default_path(cache_dir, seed),
+        lambda tmp: _generate(tmp, dict(DEFAULT_SIZES), seed, None, progress=not quiet),
+        "synth", quiet)
+    if stats and not quiet:
+        print(f"synth: {target}: {stats['disk_bytes'] / 1e6:.1f} MB on disk, "
+              f"{stats['elapsed_s']:.1f}s", file=sys.stderr)
+    return target
+
+
+def write_atomically(out: str | os.PathLike, generate: Callable[[Path], dict]) -> dict[str, Any]:
+    """Run `generate(tmp)` into a temporary sibling of out and rename it into place (any
+    task's synthetic data). A previous synthetic dataset at out is replaced; any other
+    non-empty directory raises FileExistsError. Returns generate's dict plus path."""
+    out = Path(out).expanduser().absolute()
+    if out.exists() and not (out.is_dir() and (is_synthetic(out) or not any(out.iterdir()))):
+        raise FileExistsError(f"{out}: not empty and not a previous synth output (no SYNTH.json); "
+                              "refusing to overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(out)
+    try:
+        stats = generate(tmp)
+        if out.exists():
+            old = _temp_sibling(out)
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dict(stats, path=str(out))
+
+
+def ensure_generated(target: Path, generate: Callable[[Path], dict], label: str,
+                     quiet: bool = False) -> tuple[Path, Optional[dict]]:
+    """A synthetic dataset at the cache path target, generated once by `generate(tmp)`;
+    returns (target, generate's dict, or None when it was there already).
 
     Safe against concurrent callers: each generates into its own temporary directory and
     renames it into place; a loser of the race discards its copy and uses the winner's.
     """
-    target = default_path(cache_dir, seed)
     if is_synthetic(target):
-        return target
+        return target, None
     if target.exists() and any(target.iterdir()):
         raise FileExistsError(f"{target}: exists and is not a synthetic dataset (no SYNTH.json)")
     target.parent.mkdir(parents=True, exist_ok=True)
     if not quiet:
-        print(f"synth: generating the synthetic dataset (once) at {target}", file=sys.stderr)
+        print(f"{label}: generating the synthetic dataset (once) at {target}", file=sys.stderr)
     tmp = _temp_sibling(target)
     try:
-        stats = _generate(tmp, dict(DEFAULT_SIZES), seed, None, progress=not quiet)
+        stats = generate(tmp)
         try:
             os.rename(tmp, target)
         except OSError:
@@ -669,10 +689,7 @@ def ensure_synthetic(cache_dir: Optional[str | os.PathLike] = None, seed: int = 
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not quiet:
-        print(f"synth: {target}: {stats['disk_bytes'] / 1e6:.1f} MB on disk, "
-              f"{stats['elapsed_s']:.1f}s", file=sys.stderr)
-    return target
+    return target, stats
 
 
 # ---------------------------------------------------------------------------------------------
