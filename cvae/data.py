@@ -41,7 +41,7 @@ class DataError(ValueError):
     """Bad or missing data; the message is one line naming the file and the problem."""
 
 
-def _natural_key(path: Path) -> tuple:
+def natural_key(path: Path) -> tuple:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name))
 
 
@@ -58,7 +58,7 @@ def scan_split(root: Path, split: str) -> tuple[list[Path], list[str]]:
 
     def listing(folder: Path) -> list[Path]:
         return sorted((p for p in folder.iterdir() if not p.name.startswith(".")),
-                      key=_natural_key)
+                      key=natural_key)
 
     for traj in listing(split_dir):
         if not traj.is_dir():
@@ -131,7 +131,7 @@ def read_sequence(seq_dir: Path, n_frames: int = N_FRAMES) -> tuple[np.ndarray, 
 
 # ----------------------------------------------------------------------------- decoded cache
 
-def _cache_dir(root: Path) -> Path:
+def cache_dir(root: Path) -> Path:
     """The decoded cache of a dataset root: beside the data, in the user cache, so data
     folders (possibly read-only or shared) are never written to."""
     root = Path(root).resolve()
@@ -229,7 +229,7 @@ def load_split(root: Path | str, split: str, progress: bool = True,
         raise DataError(stray[0])
     if not dirs:
         raise DataError(stray[0] if stray else f"{where}: no sequences in split")
-    cache = _cache_dir(root)
+    cache = cache_dir(root)
     stem = cache / split
 
     def arrays(names: list[str], bad: list[str]) -> SplitArrays:

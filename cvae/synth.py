@@ -303,7 +303,7 @@ def _push(rng: np.random.Generator, objects: list[_Object], start: np.ndarray, g
 # rendering (vectorized over frames: every array below is (T, 64, 64) or (T, 64, 64, 3))
 
 
-def _coverage(sd: np.ndarray, soft: float = 1.0) -> np.ndarray:
+def coverage(sd: np.ndarray, soft: float = 1.0) -> np.ndarray:
     """Anti-aliased coverage in [0, 1] from a signed distance in px (negative inside)."""
     return np.clip(0.5 - sd / soft, 0.0, 1.0)
 
@@ -335,12 +335,12 @@ def _tray(rng: np.random.Generator) -> np.ndarray:
     grain = rng.normal(0.0, 0.006, (SIZE, SIZE))
     left, right, bottom = rng.uniform(*FLOOR_MARGIN, 3)
     edge = np.minimum(np.minimum(_COLS - left, SIZE - 1 - right - _COLS), SIZE - 1 - bottom - _ROWS)
-    rim = 0.12 * _coverage(edge - rng.uniform(1.0, 3.5))
+    rim = 0.12 * coverage(edge - rng.uniform(1.0, 3.5))
     shade = blotch + weave + grain - rim
     tray = np.clip(base[None, None, :] + shade[..., None], 0.0, 1.0)
     floor = rng.uniform(*FLOOR_LEVEL) + rng.uniform(-0.03, 0.03, 3)
     floor = np.clip(floor + 0.03 * _smooth_noise(rng, 4)[..., None], 0.17, 1.0)  # above the head
-    inside = _coverage(-edge, soft=1.5)[..., None]
+    inside = coverage(-edge, soft=1.5)[..., None]
     return (inside * tray + (1 - inside) * floor).astype(np.float32)
 
 
@@ -365,7 +365,7 @@ def _object_color(obj: _Object, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     elif obj.texture == "checker":
         mix = (np.sin(f * u) * np.sin(f * v) > 0).astype(np.float32)
     elif obj.texture == "dots":
-        mix = _coverage(np.hypot(np.sin(f * u), np.sin(f * v)) * 2.0 / f - 0.8)
+        mix = coverage(np.hypot(np.sin(f * u), np.sin(f * v)) * 2.0 / f - 0.8)
     else:
         mix = np.zeros_like(u)
     color = obj.color + mix[..., None] * (obj.color2 - obj.color)
@@ -396,8 +396,8 @@ def _render_objects(img: np.ndarray, objects: list[_Object], centres: np.ndarray
         cos, sin = np.cos(a)[:, None, None], np.sin(a)[:, None, None]
         u, v = cos * du + sin * dv, -sin * du + cos * dv
         su, sv = cos * (du - 1.0) + sin * (dv - 1.3), -sin * (du - 1.0) + cos * (dv - 1.3)
-        shadow = 0.28 * _coverage(_object_sdf(obj, su, sv), soft=1.6)
-        alpha = _coverage(_object_sdf(obj, u, v))
+        shadow = 0.28 * coverage(_object_sdf(obj, su, sv), soft=1.6)
+        alpha = coverage(_object_sdf(obj, u, v))
         color = _object_color(obj, u, v)
         shadow, alpha, color = shadow[frame_to_key], alpha[frame_to_key], color[frame_to_key]
         box = img[:, r0:r1, c0:c1]
@@ -458,16 +458,16 @@ def _render_gripper(img: np.ndarray, gpx: np.ndarray, z: np.ndarray, grip: np.nd
     # the shadow of the whole gripper, shifted by the height-dependent offset
     arm, head, fingers = _gripper_sdf(cols - off[:, 0, None, None], rows - off[:, 1, None, None],
                                       gpx, half, spread)
-    shadow = 0.45 * _coverage(np.minimum(np.minimum(arm, head), fingers), soft=1.8)
+    shadow = 0.45 * coverage(np.minimum(np.minimum(arm, head), fingers), soft=1.8)
     box *= 1.0 - shadow[..., None]
     arm, head, fingers = _gripper_sdf(cols, rows, gpx, half, spread)
     arm_width = _arm_halfwidth(half)[:, None, None]
     tube = np.clip((arm + arm_width) / arm_width, 0.0, 1.0)  # 0 on the axis, 1 at the edge
     arm_color = np.array([0.30, 0.31, 0.33], dtype=np.float32) * (1.0 - 0.3 * tube[..., None] ** 2)
-    box += _coverage(arm)[..., None] * (arm_color - box)
+    box += coverage(arm)[..., None] * (arm_color - box)
     head_color = (np.array([0.09, 0.09, 0.11], dtype=np.float32)
-                  + 0.03 * _coverage(head + 1.5, soft=2.0)[..., None])  # faint rim highlight
-    box += _coverage(np.minimum(head, fingers))[..., None] * (head_color - box)
+                  + 0.03 * coverage(head + 1.5, soft=2.0)[..., None])  # faint rim highlight
+    box += coverage(np.minimum(head, fingers))[..., None] * (head_color - box)
 
 
 def _random_object(rng: np.random.Generator) -> _Object:

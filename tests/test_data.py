@@ -13,7 +13,7 @@ from PIL import Image
 
 from cvae import data
 from cvae.__main__ import main
-from cvae.data import (BairDataset, CondStats, DataError, _cache_dir, check_data, load_split,
+from cvae.data import (BairDataset, CondStats, DataError, cache_dir, check_data, load_split,
                        read_sequence, sequence_dirs)
 
 SEQ = "traj_0_to_255.tfrecords/175"
@@ -83,7 +83,7 @@ def test_in_place_edits_refresh_the_decoded_cache(bair_sample, tmp_path):
     """Overwriting a PNG or editing a CSV in place leaves the folder's mtime as it was (here
     restored explicitly); the cache must still see the change."""
     seq = copy_sample(bair_sample, tmp_path)
-    frames_file = _cache_dir(tmp_path) / "test.frames.npy"
+    frames_file = cache_dir(tmp_path) / "test.frames.npy"
 
     def reload_keeping_folder_mtime(edit) -> tuple:
         before = os.stat(seq)
@@ -133,13 +133,13 @@ def test_a_failed_decode_leaves_no_temp_files(bair_sample, tmp_path, monkeypatch
         expected = KeyboardInterrupt
     with pytest.raises(expected):
         load_split(tmp_path, "test", progress=False)
-    cache = _cache_dir(tmp_path)
+    cache = cache_dir(tmp_path)
     assert cache.is_dir() and sorted(p.name for p in cache.iterdir()) == []
 
 
 def test_stale_temp_files_of_dead_processes_are_removed(bair_sample, tmp_path):
     copy_sample(bair_sample, tmp_path)
-    cache = _cache_dir(tmp_path)
+    cache = cache_dir(tmp_path)
     cache.mkdir(parents=True)
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()  # its pid is no longer alive

@@ -9,7 +9,7 @@ import pytest
 from cvae import data
 from cvae.__main__ import main
 from cvae.config import preset
-from cvae.data import DataError, _cache_dir, load_split, sequence_dirs
+from cvae.data import DataError, cache_dir, load_split, sequence_dirs
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_load_split_skips_and_lists_bad_sequences(corrupt_root, synth_root, caps
     err = capsys.readouterr().err
     assert f"warning: {root / 'train'}: skipped 1 of 24 sequences" in err and problem in err
     # the cache built while skipping serves skip_bad again, and never a strict load
-    frames_file = _cache_dir(root) / "train.frames.npy"
+    frames_file = cache_dir(root) / "train.frames.npy"
     inode = frames_file.stat().st_ino
     again = load_split(root, "train", progress=False, skip_bad=True)
     assert frames_file.stat().st_ino == inode and again.names == kept.names

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cvae.data import DataError, _cache_dir, _natural_key
+from cvae.data import DataError, cache_dir, natural_key
 
 FRAME_H, FRAME_W = 32, 64  # the lab's frame_H, frame_W
 TRAIN_VI_LEN = 16  # the lab's train_vi_len: frames per training clip
@@ -93,7 +93,7 @@ def test_sequences(root: Path | str) -> list[tuple[Path, list[Path]]]:
     for d in (img_root, label_root):
         if not d.is_dir():
             raise DataError(f"{d}: folder not found")
-    seqs = sorted((p for p in img_root.iterdir() if p.is_dir()), key=_natural_key)
+    seqs = sorted((p for p in img_root.iterdir() if p.is_dir()), key=natural_key)
     if not seqs:
         raise DataError(f"{img_root}: no test sequence folders")
     out = []
@@ -160,7 +160,7 @@ def _cached(root: Path, key: str, fingerprint: str, build: Callable[[], dict]
             ) -> tuple[dict[str, np.ndarray], dict]:
     """Arrays {name: array} and the index of a cache entry, memory-mapped; `build()` returns
     {"arrays": {name: array}, "index": {...}} when the entry is absent or stale."""
-    stem = _cache_dir(root) / f"dance-{key}"
+    stem = cache_dir(root) / f"dance-{key}"
     index_path = Path(f"{stem}.index.json")
     if index_path.is_file():
         try:

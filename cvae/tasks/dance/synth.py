@@ -41,7 +41,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from PIL import Image
 
-from cvae.synth import (PNG_COMPRESS_LEVEL, _coverage, default_cache_dir, ensure_generated,
+from cvae.synth import (PNG_COMPRESS_LEVEL, coverage, default_cache_dir, ensure_generated,
                         write_atomically)
 from cvae.tasks.dance.data import FRAME_H, FRAME_W, TRAIN_VI_LEN
 
@@ -126,7 +126,7 @@ def _background(rng: np.random.Generator, floor_y: float) -> np.ndarray:
     depth = np.clip(_YY - floor_y + 1.5, 0.5, None)  # boards converge to a far point
     boards = np.sin(2 * np.pi * (_XX - FRAME_W / 2) / (rng.uniform(1.0, 2.0) * depth + 2.0))
     floor = floor_color * (1 + 0.08 * boards[..., None]) * (1 + 0.04 * (_YY - floor_y))[..., None]
-    on_floor = _coverage(floor_y - _YY)[..., None]  # 1 below the floor line
+    on_floor = coverage(floor_y - _YY)[..., None]  # 1 below the floor line
     img = wall * (1 - on_floor) + floor * on_floor
     base_line = np.exp(-((_YY - floor_y) ** 2) / 0.3)[..., None]
     img = img * (1 - 0.35 * base_line)
@@ -338,7 +338,7 @@ def _paint(img: np.ndarray, a: np.ndarray, b: np.ndarray, r: float,
     y, x, sd = rows[t, i], cols[t, k], sd[t, i, k]
     if cut is not None:
         sd = np.maximum(sd, cut(t, y + 0.5, x + 0.5))
-    cov = _coverage(sd)[:, None]
+    cov = coverage(sd)[:, None]
     c = color(t, y, x) if callable(color) else color
     if shade > 0:
         c = c * (0.75 + 0.25 * np.clip(-sd / shade, 0.0, 1.0))[:, None]
