@@ -122,7 +122,7 @@ def evaluate_best(exp: Experiment, out: Path, data: Optional[str],
             continue
         media.mkdir(parents=True, exist_ok=True)
         (media / "test_metrics.json").write_text(
-            jsonsafe.dumps(ev.result, indent=1, default=_jsonable))
+            jsonsafe.dumps(ev.result, indent=1, default=jsonsafe.plain))
     return evaluations
 
 
@@ -377,10 +377,6 @@ def _inline(text: str) -> str:
 
 def _rel(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path, start)).as_posix()
-
-
-def _jsonable(value: Any) -> Any:
-    return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
 if __name__ == "__main__":

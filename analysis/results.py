@@ -269,17 +269,28 @@ def _trial(tid: str, name: Optional[str], params: dict, history: pd.DataFrame,
     }
 
 
+def trial_status(*, diverged: bool, epochs: int, max_t: int, error: bool = False,
+                 ended: bool = True) -> str:
+    """How a trial ended, the one rule behind trials.json (search.progress), the Optuna states
+    (search.searcher) and the statuses inferred here: error; diverged; completed (all `max_t`
+    epochs); else early_stopped (by ASHA) once it has `ended`, INCOMPLETE while it may go on."""
+    if error:
+        return "error"
+    if diverged:
+        return "diverged"
+    if epochs >= max_t:
+        return "completed"
+    return "early_stopped" if ended else INCOMPLETE
+
+
 def _status(entry: Optional[dict], history: pd.DataFrame, sweep: dict) -> str:
     """trials.json's status when given; else inferred from the rows and whether the sweep ended."""
     if history.empty:
         return MISSING
     if entry and entry.get("status") in STATUSES:
         return entry["status"]
-    if history["diverged"].any():
-        return "diverged"
-    if len(history) >= _sweep_epochs(sweep):
-        return "completed"
-    return "early_stopped" if sweep.get("finished") else INCOMPLETE
+    return trial_status(diverged=bool(history["diverged"].any()), epochs=len(history),
+                        max_t=_sweep_epochs(sweep), ended=bool(sweep.get("finished")))
 
 
 def _typed(values: list) -> pd.Series:

@@ -27,3 +27,17 @@ def dumps(data: Any, default: Optional[Callable[[Any], Any]] = None, **kwargs: A
     """`json.dumps` writing non-finite floats as null, also those `default` returns."""
     hook = None if default is None else (lambda v: finite(default(v)))
     return json.dumps(finite(data), default=hook, allow_nan=False, **kwargs)
+
+
+def number(value: Any) -> Optional[float]:
+    """A finite real number (not a bool) as a float, else None."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def plain(value: Any) -> Any:
+    """A `default` for `dumps`: numpy scalars and arrays as Python numbers and lists, anything
+    else json cannot write as its text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)

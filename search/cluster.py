@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from search import orphans
+from search import ray_internals as internals
 
 MAX_TRIALS_PER_GPU = 4  # "auto" shares a GPU among at most this many trials (no memory isolation)
 PROBE_S = 5.0  # seconds to wait for a TCP connection to a cluster's GCS port before ray.init
@@ -56,7 +57,7 @@ class Cluster:
     resources: dict[str, float]  # ray.cluster_resources()
     max_node_cpus: float
     max_node_gpus: float
-    auth_mode: Optional[str] = None  # a joined cluster's: "token", "disabled", None: unknown
+    auth_mode: Optional[str] = None  # as its dashboard says: "token", "disabled", None: unknown
 
 
 @dataclass
@@ -114,8 +115,7 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
             private_token()
             # Token auth is on by default for a local instance; dashboard_help says how to
             # use it, so Ray's own warning about it is not shown.
-            logging.getLogger("ray._private.authentication.authentication_token_setup"
-                              ).setLevel(logging.ERROR)
+            logging.getLogger(internals.TOKEN_SETUP_LOGGER).setLevel(logging.ERROR)
             try:
                 context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard,
                                    dashboard_host=dashboard_host,
@@ -126,8 +126,10 @@ def connect(address: Optional[str] = None, *, dashboard: bool = True,
                                    "logs: /tmp/ray/session_latest/logs)") from None
             url, started = context.dashboard_url, True
             orphans.record(context.address_info["session_dir"])
-    else:
-        url = _dashboard_url()
+            auth = cluster_auth_mode(url)
+    else:  # connected before: ray.init returns the existing connection's context
+        url = ray.init(ignore_reinit_error=True).dashboard_url
+        auth = cluster_auth_mode(url)
     context = ray.get_runtime_context()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     return Cluster(address=context.gcs_address, started=started, auth_mode=auth,
@@ -208,23 +210,6 @@ def probe(address: str, timeout: float = PROBE_S) -> None:
                            "start one with `ray start --head` or check host and port") from None
 
 
-def _dashboard_url() -> Optional[str]:
-    """host:port of the dashboard when this process was connected before (ray.init's
-    context.dashboard_url is the same value: the node's address_info["webui_url"])."""
-    from ray._private import worker
-
-    node = getattr(worker, "_global_node", None)
-    return (node.address_info.get("webui_url") or None) if node is not None else None
-
-
-def token_auth_enabled() -> bool:
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-        return bool(is_token_auth_enabled())
-    except ImportError:
-        return os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
-
-
 def dashboard_help(cluster: Cluster, requested: bool = True) -> str:
     """How to open the dashboard: URL, token, SSH tunnel."""
     if not cluster.dashboard_url:
@@ -232,7 +217,7 @@ def dashboard_help(cluster: Cluster, requested: bool = True) -> str:
             return "dashboard: not running (it needs ray[default])"
         return "dashboard: off"
     lines = [f"dashboard: {cluster.dashboard_url}"]
-    if token_auth_enabled():
+    if cluster.auth_mode == "token":
         lines.append("  token auth is on: the browser asks for the token printed by "
                      "`ray get-auth-token` (stored in ~/.ray/auth_token); HTTP clients send "
                      "'Authorization: Bearer <token>'")

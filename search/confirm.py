@@ -41,6 +41,8 @@ from ray.tune import Callback
 from analysis import stats
 from analysis.results import Experiment, ExperimentError, load_experiment, read_history
 from cvae.config import KL_ANNEAL_MODES, coerce, field_names, from_dict
+from cvae.jsonsafe import number
+from search.storage import write_local_json
 
 DEFAULT_FACTOR = "kl_anneal"
 DEFAULT_SEEDS = 3
@@ -266,7 +268,7 @@ def execute(plan: Plan, runs: list[Run], resources: Any, trainable: Callable[[di
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from search.run import MAX_FAILURES
+    from search.launcher import MAX_FAILURES
 
     configs = {r.name: {**r.config, **resources.config()} for r in runs}
 
@@ -298,11 +300,11 @@ class _Progress(Callback):
     def __init__(self, total: int):
         self.total, self.ended, self.start = total, 0, time.monotonic()
 
-    def _say(self, text: str) -> None:
+    def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.start:6.0f} s] {text}", flush=True)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._say(f"{_run_name(trial)}: started")
+        self.say(f"{_run_name(trial)}: started")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended += 1
@@ -311,11 +313,11 @@ class _Progress(Callback):
         what = (f"diverged at epoch {last.get('epoch')}" if last.get("diverged") else
                 f"val_psnr {psnr:.2f} dB after {last.get('epoch')} epochs"
                 if isinstance(psnr, (int, float)) else "ended")
-        self._say(f"{_run_name(trial)}: {what} ({self.ended}/{self.total} runs ended)")
+        self.say(f"{_run_name(trial)}: {what} ({self.ended}/{self.total} runs ended)")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.ended += 1
-        self._say(f"{_run_name(trial)}: failed ({self.ended}/{self.total} runs ended)")
+        self.say(f"{_run_name(trial)}: failed ({self.ended}/{self.total} runs ended)")
 
 
 def evaluate_runs(plan: Plan, device: str = "cpu") -> None:
@@ -346,7 +348,7 @@ def evaluate_runs(plan: Plan, device: str = "cpu") -> None:
         post = evaluate_checkpoint(ckpt, split="test", device=device, z="posterior")
         val = evaluate_checkpoint(ckpt, split="validate", device=device, latent=True,
                                   max_sequences=LATENT_SEQUENCES)
-        _write(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys},
+        write_local_json(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys},
                                      "posterior_psnr": post["psnr"], "val_kl": val["kl"],
                                      "val_kl_per_dim": val["kl_per_dim"],
                                      "active_units": val["active_units"]})
@@ -370,7 +372,7 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
             "seed": run.seed, "status": status, "epochs": len(history),
             "val_psnr": final,
             "val_psnr_best": float(kept["val_psnr"].max()) if len(kept) else None,
-            "val_psnr_curve": [_number(v) for v in history["val_psnr"]],
+            "val_psnr_curve": [number(v) for v in history["val_psnr"]],
             "test_psnr": test.get("psnr"), "test_ssim": test.get("ssim"),
             "baseline_psnr": test.get("baseline_psnr"),
             "checkpoint": f"{run.name}/{test['checkpoint']}" if test else None,
@@ -433,8 +435,8 @@ def describe(summary: dict) -> list[str]:
             parts = []
             for metric in METRICS:
                 iv = values[metric]
-                ci = (f" [{iv['low']:.2f}, {iv['high']:.2f}]" if _finite(iv["low"]) else "")
-                mean = f"{iv['mean']:.2f}" if _finite(iv["mean"]) else "-"
+                ci = (f" [{iv['low']:.2f}, {iv['high']:.2f}]" if number(iv["low"]) is not None else "")
+                mean = f"{iv['mean']:.2f}" if number(iv["mean"]) is not None else "-"
                 parts.append(f"{metric} {mean}{ci}")
             lines.append(f"  {lv}: " + ", ".join(parts) + f" (n = {values['val_psnr']['n']})")
         for metric in METRICS:
@@ -442,25 +444,11 @@ def describe(summary: dict) -> list[str]:
     return lines
 
 
-def _number(value: Any) -> Optional[float]:
-    return float(value) if _finite(value) else None
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
-
-
 def _read(path: Path) -> Optional[dict]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write(path: Path, data: Any) -> None:
-    from search.progress import open_storage, write_json
-    fs, _ = open_storage(str(path.parent))
-    write_json(fs, str(path), data)
 
 
 # --- entry points ------------------------------------------------------------------------------
@@ -471,7 +459,7 @@ def confirm(plan: Plan, cluster: Any, *, trainable: Optional[Callable] = None,
     """Run what is missing of `plan` on the connected cluster, evaluate, write confirm.json;
     the exit code: 0 done, 1 runs failed, 130 interrupted."""
     from search import cluster as clusters
-    from search.run import quiet_tune
+    from search.launcher import quiet_tune
 
     spec = plan.sweep.get("resources") or {}
     if max_concurrent is None:
@@ -507,7 +495,7 @@ def confirm(plan: Plan, cluster: Any, *, trainable: Optional[Callable] = None,
     previous = _read(plan.directory / CONFIRM_FILE) or {}
     wall = (previous.get("wall_time_s") or 0.0) + time.monotonic() - start
     summary = summarize(plan, ci_method, wall_time_s=wall)
-    _write(plan.directory / CONFIRM_FILE, summary)
+    write_local_json(plan.directory / CONFIRM_FILE, summary)
     for line in describe(summary):
         print(line)
     print(f"confirm: {plan.directory / CONFIRM_FILE}", flush=True)
@@ -615,7 +603,7 @@ def _launch(args: argparse.Namespace, plan: Plan, trainable: Optional[Callable])
     import os
 
     from search import cluster as clusters
-    from search.run import prepare_data
+    from search.launcher import prepare_data
 
     from cvae.data import DataError
 

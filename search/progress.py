@@ -19,18 +19,18 @@ Its state (trial records, histories, ASHA's rung records) is saved with Tune's e
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow.fs
 from ray.tune import Callback
 
-from cvae import jsonsafe
+from analysis.results import trial_status
+from cvae.jsonsafe import number
 from search.searcher import JOURNAL
+from search.storage import write_json
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -49,33 +49,6 @@ _RAY_KEYS = {"config", "date", "hostname", "node_ip", "pid", "done", "experiment
              "iterations_since_restore", "timesteps_since_restore", "timesteps_total",
              "episodes_total", "trial_id"}
 FINISHED = ("completed", "early_stopped", "diverged", "error")
-
-
-def open_storage(storage: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """(filesystem, path) for a local directory or a URI pyarrow supports (s3://, gs://...)."""
-    if "://" in storage:
-        return pyarrow.fs.FileSystem.from_uri(storage)
-    return pyarrow.fs.LocalFileSystem(), storage
-
-
-def write_json(fs: pyarrow.fs.FileSystem, path: str, data: Any) -> None:
-    """Replace `path` atomically: readers see the old or the new file, never a partial one."""
-    tmp = f"{path}.tmp"
-    fs.create_dir(str(PurePosixPath(path).parent), recursive=True)
-    with fs.open_output_stream(tmp) as f:
-        f.write(jsonsafe.dumps(data, indent=1, default=_plain).encode())
-    fs.move(tmp, path)
-
-
-def read_json(fs: pyarrow.fs.FileSystem, path: str) -> Any:
-    with fs.open_input_stream(path) as f:
-        return json.loads(f.readall().decode())
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy scalars
-        return value.item()
-    return str(value)
 
 
 def trial_dirname(trial: "Trial") -> str:
@@ -121,83 +94,79 @@ class SweepCallback(Callback):
         self.journal_copy = journal_copy
         self.records: dict[str, dict[str, Any]] = {}  # trial_id -> trials.json entry + extras
         self.histories: dict[str, dict[int, dict]] = {}  # trial_id -> epoch -> row
-        self._fs: Optional[pyarrow.fs.FileSystem] = None
-        self._exp_path: Optional[str] = None
-        self._start = time.monotonic()
-        self._last_table = 0.0
-        self._changed = False
+        self.fs: Optional[pyarrow.fs.FileSystem] = None
+        self.exp_path: Optional[str] = None
+        self.start = time.monotonic()
+        self.last_table = 0.0
+        self.changed = False
 
     # --- Tune hooks --------------------------------------------------------------------------
 
     def setup(self, **info: Any) -> None:
-        self._start = self._last_table = time.monotonic()
+        self.start = self.last_table = time.monotonic()
 
     def on_trial_start(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
-        self._locate(trial)
-        record = self._record(trial)
+        self.locate(trial)
+        record = self.record(trial)
         resumed = record["epochs"] > 0
         record["status"] = "running"
-        params = "  ".join(f"{self._short(k)}={_fmt(v)}" for k, v in record["params"].items())
+        params = "  ".join(f"{self.short(k)}={_fmt(v)}" for k, v in record["params"].items())
         what = f"resumed at epoch {record['epochs']}" if resumed else "started"
-        self._say(trial, f"{what:<18} {params}")
-        self._changed = True
+        self.say(trial, f"{what:<18} {params}")
+        self.changed = True
 
     def on_trial_result(self, iteration: int, trials: list, trial: "Trial", result: dict,
                         **info: Any) -> None:
-        self._locate(trial)
+        self.locate(trial)
         row = {k: v for k, v in result.items() if k not in _RAY_KEYS and _scalar(v)}
         epoch = int(row.get("epoch", row.get("training_iteration", 0)))
         history = self.histories.setdefault(trial.trial_id, {})
         for stale in [e for e in history if e >= epoch]:  # an abandoned timeline
             del history[stale]
         history[epoch] = row
-        record = self._record(trial)
+        record = self.record(trial)
         record["epochs"] = epoch
         record["status"] = "running"
         record["best_val_psnr"] = _best(history.values(), "val_psnr", "max")
         record["best"] = _best(history.values(), self.metric, self.mode)
-        record["last"] = _number(row.get(self.metric))
-        self._write_history(trial)
-        self._changed = True
+        record["last"] = number(row.get(self.metric))
+        self.write_history(trial)
+        self.changed = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial: "Trial",
                           **info: Any) -> None:
-        record = self._record(trial)
+        record = self.record(trial)
         last = trial.last_result or {}
         epochs = int(last.get("training_iteration", record["epochs"]) or 0)
-        if last.get("diverged"):
-            record["status"] = "diverged"
-            text = f"diverged at epoch {record['epochs']}"
-        elif epochs < self.max_t:
-            record["status"] = "early_stopped"
-            text = f"stopped by ASHA at epoch {record['epochs']}/{self.max_t}"
-        else:
-            record["status"] = "completed"
-            text = f"completed {record['epochs']} epochs"
+        record["status"] = trial_status(diverged=bool(last.get("diverged")), epochs=epochs,
+                                        max_t=self.max_t)
+        text = {"diverged": f"diverged at epoch {record['epochs']}",
+                "early_stopped": f"stopped by ASHA at epoch {record['epochs']}/{self.max_t}",
+                "completed": f"completed {record['epochs']} epochs"}[record["status"]]
         record["optuna_state"] = self.searcher.outcomes.get(trial.trial_id)
-        self._say(trial, f"{text:<30} {self.metric} {_fmt(record.get('last'))}  best "
+        self.say(trial, f"{text:<30} {self.metric} {_fmt(record.get('last'))}  best "
                          f"{_fmt(record.get('best'))}  (Optuna {record['optuna_state']})")
-        self._changed = True
+        self.changed = True
 
     def on_trial_error(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
-        record = self._record(trial)
+        record = self.record(trial)
         record["status"] = "error"
         record["optuna_state"] = self.searcher.outcomes.get(trial.trial_id)
-        self._say(trial, f"error after {trial.num_failures} failure(s): {_error_line(trial)} "
+        self.say(trial, f"error after {trial.num_failures} failure(s): {_error_line(trial)} "
                          f"(see {trial.path}/error.txt; Optuna {record['optuna_state']})")
-        self._changed = True
+        self.changed = True
 
     def on_trial_recover(self, iteration: int, trials: list, trial: "Trial",
                          **info: Any) -> None:
-        record = self._record(trial)
-        self._say(trial, f"failed ({_error_line(trial)}); retry {trial.num_failures}/"
+        record = self.record(trial)
+        self.say(trial, f"failed ({_error_line(trial)}); retry {trial.num_failures}/"
                          f"{trial.max_failures} from its checkpoint at epoch {record['epochs']}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()
-        if self.table_every_s and self._changed and now - self._last_table >= self.table_every_s:
-            self._last_table = now
-            self._changed = False
+        if self.table_every_s and self.changed and now - self.last_table >= self.table_every_s:
+            self.last_table = now
+            self.changed = False
             print(self.table(trials, finished_rows=5), flush=True)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
@@ -218,28 +187,28 @@ class SweepCallback(Callback):
     def flush(self) -> None:
         """Write trials.json (after a durable experiment-state save) and upload the Optuna
         journal when the experiment is on remote storage."""
-        if self._fs is None:
+        if self.fs is None:
             return
         trials = {tid: {k: r.get(k) for k in
                         ("dir", "status", "epochs", "best_val_psnr", "optuna_state")}
                   for tid, r in self.records.items()}
-        write_json(self._fs, f"{self._exp_path}/trials.json", trials)
+        write_json(self.fs, f"{self.exp_path}/trials.json", trials)
         if self.journal_copy and os.path.exists(self.journal_copy):
             with open(self.journal_copy, "rb") as src, \
-                    self._fs.open_output_stream(f"{self._exp_path}/{JOURNAL}") as dst:
+                    self.fs.open_output_stream(f"{self.exp_path}/{JOURNAL}") as dst:
                 dst.write(src.read())
 
-    def _write_history(self, trial: "Trial") -> None:
+    def write_history(self, trial: "Trial") -> None:
         rows = [row for _, row in sorted(self.histories[trial.trial_id].items())]
-        write_json(self._fs, f"{trial.path}/history.json", rows)
+        write_json(self.fs, f"{trial.path}/history.json", rows)
 
-    def _locate(self, trial: "Trial") -> None:
-        self._fs = trial.storage.storage_filesystem
-        self._exp_path = trial.storage.experiment_fs_path
+    def locate(self, trial: "Trial") -> None:
+        self.fs = trial.storage.storage_filesystem
+        self.exp_path = trial.storage.experiment_fs_path
 
     # --- output ------------------------------------------------------------------------------
 
-    def _record(self, trial: "Trial") -> dict[str, Any]:
+    def record(self, trial: "Trial") -> dict[str, Any]:
         if trial.trial_id not in self.records:
             self.records[trial.trial_id] = {
                 "dir": trial.storage.trial_dir_name, "status": "pending", "epochs": 0,
@@ -250,11 +219,11 @@ class SweepCallback(Callback):
                 "best": None, "last": None}
         return self.records[trial.trial_id]
 
-    def _say(self, trial: "Trial", text: str) -> None:
-        print(f"[{_clock(time.monotonic() - self._start)}] {trial_name(trial):<4} {text}",
+    def say(self, trial: "Trial", text: str) -> None:
+        print(f"[{_clock(time.monotonic() - self.start)}] {trial_name(trial):<4} {text}",
               flush=True)
 
-    def _short(self, name: str) -> str:
+    def short(self, name: str) -> str:
         return SHORT_NAMES.get(name, name)
 
     def table(self, trials: list, finished_rows: int) -> str:
@@ -264,14 +233,14 @@ class SweepCallback(Callback):
         done = [r for r in self.records.values() if r["status"] in FINISHED]
         sign = -1 if self.mode == "max" else 1
         done.sort(key=lambda r: sign * r["best"] if r["best"] is not None else math.inf)
-        columns = ["trial", *map(self._short, self.searched), "epoch", self.metric, "best",
+        columns = ["trial", *map(self.short, self.searched), "epoch", self.metric, "best",
                    "status"]
         rows = [[r["name"], *(_fmt(r["params"].get(k)) for k in self.searched),
                  f"{r['epochs']}/{self.max_t}", _fmt(r["last"]), _fmt(r["best"]), r["status"]]
                 for r in live + done[:finished_rows]]
         counts = {s: sum(r["status"] == s for r in self.records.values())
                   for s in ("running", *FINISHED)}
-        head = f"[{_clock(time.monotonic() - self._start)}] " + ", ".join(
+        head = f"[{_clock(time.monotonic() - self.start)}] " + ", ".join(
             f"{n} {s.replace('_', ' ')}" for s, n in counts.items() if n)
         widths = [max(len(str(x)) for x in col) for col in zip(columns, *rows)]
         lines = [head] + ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
@@ -283,14 +252,8 @@ def _scalar(value: Any) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def _best(rows: Any, key: str, mode: str) -> Optional[float]:
-    values = [v for v in (_number(r.get(key)) for r in rows if not r.get("diverged"))
+    values = [v for v in (number(r.get(key)) for r in rows if not r.get("diverged"))
               if v is not None]
     if not values:
         return None

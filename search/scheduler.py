@@ -13,6 +13,9 @@ status, and before the new trial's actor starts. Then it calls `after_save` (the
 writes trials.json there), so a trial listed as finished in trials.json is finished in the
 saved state and is never re-run by `--resume`.
 
+The controller's save and ASHA's bookkeeping are Ray internals: reached through
+`search.ray_internals`, the module that fences them.
+
 ASHA's rung records are not part of Tune's experiment state; `rung_state()` /
 `load_rung_state()` let the launcher's callback carry them through a resume.
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from ray.tune.schedulers import AsyncHyperBandScheduler
+
+from search import ray_internals as internals
 
 
 class SweepScheduler(AsyncHyperBandScheduler):
@@ -33,45 +38,37 @@ class SweepScheduler(AsyncHyperBandScheduler):
                          grace_period=grace_period, reduction_factor=reduction_factor,
                          brackets=brackets)
         self.after_save = after_save
-        self._save_pending = False
+        self.save_pending = False
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        if trial.trial_id not in self._trial_info:  # a restored trial keeps its bracket
+        if not internals.asha_knows(self, trial.trial_id):  # a restored trial keeps its bracket
             super().on_trial_add(tune_controller, trial)
-        self._save_pending = True
+        self.save_pending = True
 
     def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
-        if trial.trial_id in self._trial_info:
+        if internals.asha_knows(self, trial.trial_id):
             super().on_trial_complete(tune_controller, trial, result)
-        self._save_pending = True
+        self.save_pending = True
 
     def on_trial_error(self, tune_controller, trial) -> None:
-        self._trial_info.pop(trial.trial_id, None)
-        self._save_pending = True
+        internals.asha_forget(self, trial.trial_id)
+        self.save_pending = True
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        self._trial_info.pop(trial.trial_id, None)
-        self._save_pending = True
+        internals.asha_forget(self, trial.trial_id)
+        self.save_pending = True
 
     def choose_trial_to_run(self, tune_controller):
-        if self._save_pending:
-            self._save_pending = False
-            controller = getattr(tune_controller, "_tune_controller", tune_controller)
-            controller.checkpoint(force=True, wait=True)
+        if self.save_pending:
+            self.save_pending = False
+            internals.force_experiment_save(tune_controller)
             if self.after_save is not None:
                 self.after_save()
         return super().choose_trial_to_run(tune_controller)
 
     def rung_state(self) -> dict[str, Any]:
         """Plain data: each bracket's rung records and each live trial's bracket index."""
-        return {"rungs": [[dict(recorded) for _, recorded in b._rungs] for b in self._brackets],
-                "trial_bracket": {tid: self._brackets.index(b)
-                                  for tid, b in self._trial_info.items()}}
+        return internals.asha_state(self)
 
     def load_rung_state(self, state: dict[str, Any]) -> None:
-        for bracket, rungs in zip(self._brackets, state["rungs"]):
-            for (_, recorded), saved in zip(bracket._rungs, rungs):
-                recorded.clear()
-                recorded.update(saved)
-        self._trial_info = {tid: self._brackets[i]
-                            for tid, i in state["trial_bracket"].items()}
+        internals.load_asha_state(self, state)

@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from typing import Any, Callable, Optional
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
+
+from analysis.results import trial_status
+from cvae.jsonsafe import number
 
 TRAINING_ITERATION = "training_iteration"
 JOURNAL = "optuna_journal.log"  # the study's journal file in the experiment directory
@@ -81,26 +83,26 @@ class SweepSearcher(Searcher):
         self.best: dict[str, float] = {}  # trial_id -> best objective value so far
         self.last_step: dict[str, int] = {}  # trial_id -> last step reported to Optuna
         self.outcomes: dict[str, str] = {}  # trial_id -> Optuna state name once told
-        self._study: Optional[optuna.Study] = None
-        self._storage: Optional[optuna.storages.BaseStorage] = None
-        self._handles: dict[str, optuna.trial.Trial] = {}
+        self.opened: Optional[optuna.Study] = None
+        self.storage: Optional[optuna.storages.BaseStorage] = None
+        self.handles: dict[str, optuna.trial.Trial] = {}
 
     @property
     def study(self) -> optuna.Study:
         """The study, created (with the starting points enqueued) or loaded on first use."""
-        if self._study is None:
+        if self.opened is None:
             if self.journal:
                 os.makedirs(os.path.dirname(self.journal) or ".", exist_ok=True)
-            self._storage = (journal_storage(self.journal) if self.journal
+            self.storage = (journal_storage(self.journal) if self.journal
                              else optuna.storages.InMemoryStorage())
-            self._study = optuna.create_study(
-                storage=self._storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
+            self.opened = optuna.create_study(
+                storage=self.storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
                 study_name=STUDY_NAME, load_if_exists=True,
                 direction="maximize" if self.mode == "max" else "minimize")
-            if not self._study.trials:
+            if not self.opened.trials:
                 for point in self.points:
-                    self._study.enqueue_trial(point)
-        return self._study
+                    self.opened.enqueue_trial(point)
+        return self.opened
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         if trial_id in self.numbers:
@@ -108,31 +110,32 @@ class SweepSearcher(Searcher):
         trial = self.study.ask()
         trial.set_user_attr("ray_trial_id", trial_id)
         self.numbers[trial_id] = trial.number
-        self._handles[trial_id] = trial
+        self.handles[trial_id] = trial
         self.space(trial)
         return dict(trial.params)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.outcomes or trial_id not in self.numbers:
             return
-        self._track(trial_id, result)
+        self.track(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None,
                           error: bool = False) -> None:
         if trial_id in self.outcomes or trial_id not in self.numbers:
             return
         if result:
-            self._track(trial_id, result)
+            self.track(trial_id, result)
         if error or not result or TRAINING_ITERATION not in result:
-            state, value = TrialState.FAIL, None  # errored, or never produced a result
-        elif result.get("diverged"):
-            state, value = TrialState.COMPLETE, self._worst(result)
-        elif result[TRAINING_ITERATION] < self.max_t:
-            state, value = TrialState.PRUNED, None
+            status = "error"  # errored, or never produced a result
         else:
-            state, value = TrialState.COMPLETE, self.best.get(trial_id)
-            if value is None:
-                state = TrialState.FAIL
+            status = trial_status(diverged=bool(result.get("diverged")),
+                                  epochs=result[TRAINING_ITERATION], max_t=self.max_t)
+        state, value = {"error": (TrialState.FAIL, None),
+                        "diverged": (TrialState.COMPLETE, self.worst(result or {})),
+                        "early_stopped": (TrialState.PRUNED, None),
+                        "completed": (TrialState.COMPLETE, self.best.get(trial_id))}[status]
+        if state == TrialState.COMPLETE and value is None:
+            state = TrialState.FAIL  # ran its epochs without a finite value
         try:
             self.study.tell(self.numbers[trial_id], value, state=state)
         except (RuntimeError, ValueError) as e:  # e.g. told before, in a restored state
@@ -158,7 +161,7 @@ class SweepSearcher(Searcher):
         self.numbers = state["numbers"]
         self.best = state["best"]
         self.outcomes = state["outcomes"]
-        self._study, self._storage, self._handles = None, None, {}
+        self.opened, self.storage, self.handles = None, None, {}
         known = set(self.numbers.values())
         for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number not in known:
@@ -172,44 +175,38 @@ class SweepSearcher(Searcher):
         """Pickled by Ray's tuner.pkl: a journal-backed study is reopened, not pickled."""
         state = self.__dict__.copy()
         if self.journal:
-            state.update(_study=None, _storage=None, _handles={})
+            state.update(opened=None, storage=None, handles={})
         return state
 
-    def _handle(self, trial_id: str) -> optuna.trial.Trial:
+    def trial_handle(self, trial_id: str) -> optuna.trial.Trial:
         """The Optuna trial of a Ray trial (rebuilt from its number after a restore)."""
-        if trial_id not in self._handles:
-            study, storage = self.study, self._storage
+        if trial_id not in self.handles:
+            study, storage = self.study, self.storage
             study_id = storage.get_study_id_from_name(STUDY_NAME)
             storage_id = storage.get_trial_id_from_study_id_trial_number(
                 study_id, self.numbers[trial_id])
-            self._handles[trial_id] = optuna.trial.Trial(study, storage_id)
-        return self._handles[trial_id]
+            self.handles[trial_id] = optuna.trial.Trial(study, storage_id)
+        return self.handles[trial_id]
 
-    def _track(self, trial_id: str, result: dict) -> None:
+    def track(self, trial_id: str, result: dict) -> None:
         """Report the intermediate value once per step and update the best objective."""
         step = result.get(TRAINING_ITERATION)
-        value = _finite(result.get(self.metric))
+        value = number(result.get(self.metric))
         if step is not None and value is not None and step > self.last_step.get(trial_id, 0):
-            self._handle(trial_id).report(value, step)
+            self.trial_handle(trial_id).report(value, step)
             self.last_step[trial_id] = step
-        objective = _finite(result.get(self.objective))
+        objective = number(result.get(self.objective))
         if objective is not None and not result.get("diverged"):
             best = self.best.get(trial_id)
             better = max if self.mode == "max" else min
             self.best[trial_id] = objective if best is None else better(best, objective)
 
-    def _worst(self, result: dict) -> float:
+    def worst(self, result: dict) -> float:
         """The value a diverged trial reported (finite by contract), else the worst possible."""
-        value = _finite(result.get(self.objective))
+        value = number(result.get(self.objective))
         if value is not None:
             return value
         return 0.0 if self.mode == "max" else float("inf")
-
-
-def _finite(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if math.isfinite(value) else None
 
 
 def startup_trials(num_samples: int) -> int:

@@ -33,7 +33,7 @@ def test_values_from_the_default_hook_are_made_finite_too():
 
 
 def test_the_sweeps_history_files_are_strict_json(tmp_path):
-    from search.progress import write_json
+    from search.storage import write_json
 
     rows = [{"epoch": 1, "loss": 0.1, "val_psnr": 20.0},
             {"epoch": 2, "loss": math.nan, "val_psnr": 0.0, "diverged": True}]

@@ -26,7 +26,8 @@ import pytest
 import fakes
 from search import cluster as clusters
 from search.progress import SweepCallback
-from search.run import build_parser, main, run_sweep, space_from_args
+from search.launcher import run_sweep
+from search.run import build_parser, main, space_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -461,7 +462,7 @@ def fake_result(name, psnrs, diverged_at=None):
       fake_result("ccc", [19.0, float("nan")])], ("/exp/bb", 20.0)),
 ])
 def test_best_config_never_comes_from_a_diverged_trial(tmp_path, capsys, results, best):
-    from search.run import SweepResult, finish
+    from search.outcome import SweepResult, finish
 
     space = load(tmp_path, "out", num_samples=len(results), epochs=2)
     trials = {r.path: {"status": "diverged" if r.metrics["diverged"] else "completed"}
@@ -480,11 +481,11 @@ def test_best_config_never_comes_from_a_diverged_trial(tmp_path, capsys, results
 def test_disk_full_is_one_line_with_the_resume_command(tmp_path, capsys, monkeypatch):
     import errno
 
-    import search.run
+    import search.launcher
 
-    def full(*args):
+    def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "runs" / "x"))
-    monkeypatch.setattr(search.run, "_launch", full)
+    monkeypatch.setattr(search.launcher, "launch", full)
     space = write_space(tmp_path)
     assert main(["--space", str(space), "--storage", str(tmp_path / "runs")]) == 1
     assert one_line_error(capsys) == (
@@ -494,9 +495,9 @@ def test_disk_full_is_one_line_with_the_resume_command(tmp_path, capsys, monkeyp
 
 
 def test_space_warnings_are_printed_once_per_line(tmp_path, capsys, monkeypatch):
-    import search.run
+    import search.launcher
 
-    monkeypatch.setattr(search.run, "_launch", lambda *args: 0)
+    monkeypatch.setattr(search.launcher, "launch", lambda *args, **kwargs: 0)
     text = write_space(tmp_path).read_text().replace(
         "params:\n", "params:\n  tfr_start_decay_epoch: {type: int, low: 0, high: 5}\n")
     space = tmp_path / "tfr.yaml"

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
-from search.run import components, scheduler_metric
+from search.launcher import components, scheduler_metric
 from search.space import load_space
 
 SPACE = """
@@ -50,7 +50,7 @@ def test_asha_rung_in_a_kl_dip(tmp_path, mode, survives):
     it continues, ranked on its last value it is stopped."""
     space = make_space(tmp_path, mode)
     _, scheduler, _ = components(space)
-    assert scheduler._metric == scheduler_metric(space) == (
+    assert scheduler.metric == scheduler_metric(space) == (
         "val_psnr_best" if mode == "best" else "val_psnr")
     trials = {name: SimpleNamespace(trial_id=name) for name in "abcd"}
     for trial in trials.values():
