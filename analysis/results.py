@@ -29,7 +29,7 @@ INCOMPLETE = "running/incomplete"  # inferred: short of the budget while the swe
 MISSING = "missing"  # listed in trials.json or expected by num_samples, but no result rows
 NOT_STARTED = "not-started-"  # trial_id prefix of the trials num_samples expects beyond those known
 METRICS = ("loss", "mse", "kld", "beta", "tfr", "val_psnr", "val_ssim", "val_psnr_best", "diverged",
-           "epoch_time_s", "time_total_s")  # per-epoch columns kept in `history`
+           "epoch_time_s", "time_total_s", "val_baseline_psnr")  # per-epoch columns kept in `history`
 
 
 class ExperimentError(ValueError):

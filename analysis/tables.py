@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import CYCLES, LR, MODE, TFR_START, Experiment, spec_choices
+from analysis.speed import seconds_to_quality
 
 SINGLE_RUNS = ("Each trial is a single run with one seed: a gap between trials can be seed "
                "noise (the confirmation tables, when present, give means over seeds).")
@@ -186,9 +187,30 @@ def compute_table(exp: Experiment) -> Table:
     return Table("compute", "Compute used", frame, "the source column of each row.")
 
 
+def speed_table(exp: Experiment, k: int) -> Table:
+    """Learning speed of the k best trials: training seconds to the copy-last baseline + 1 dB and
+    + 2 dB on the validation split (analysis.speed)."""
+    rows = []
+    for _, trial in exp.ranked().head(k).iterrows():
+        history = exp.trial_history(trial["trial_id"])
+        base = history["val_baseline_psnr"].dropna()
+        rows.append({"trial": trial["trial_id"], "mode": trial[MODE], "lr": trial[LR],
+                     "copy-last val PSNR": base.iloc[-1] if len(base) else math.nan,
+                     "best val PSNR": trial["best_val_psnr"], "epochs": trial["epochs"],
+                     **{f"seconds to {key}": math.nan if v is None else v
+                        for key, v in seconds_to_quality(history).items()}})
+    return Table("speed", f"Learning speed of the top {k} trials: training seconds to the "
+                 "copy-last baseline + 1 and + 2 dB", pd.DataFrame(rows),
+                 "`val_baseline_psnr` (copy-last-frame PSNR on the validation sequences scored "
+                 "each epoch) and `epoch_time_s` (training + validation, without Ray start-up) "
+                 "in each trial's result.json; seconds = sum of epoch_time_s up to the first "
+                 "epoch whose `val_psnr` reaches the baseline + margin; '-': not reached "
+                 "(or stopped by ASHA first). " + SINGLE_RUNS)
+
+
 def all_tables(exp: Experiment, top_k: int, test_psnr: Mapping[str, float]) -> list[Table]:
-    return [mode_table(exp, test_psnr), topk_table(exp, top_k), effect_table(exp),
-            compute_table(exp)]
+    return [mode_table(exp, test_psnr), topk_table(exp, top_k), speed_table(exp, top_k),
+            effect_table(exp), compute_table(exp)]
 
 
 def _value_bins(numbers: pd.Series, integer: bool) -> pd.Series:
@@ -256,6 +278,18 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
                    "prior (evaluate --z posterior). Preventing posterior collapse is what KL "
                    "annealing is for: a KL near 0 and no active unit mean a collapsed latent.")
              ] if latent else []
+    speed = [{factor: lv, **{f"{key}: reached": f"{v['reached']}/{v['n']}"
+                             for key, v in margins.items()},
+              **{f"{key}: median s": v["median_s"] for key, v in margins.items()}}
+             for lv, margins in (summary.get("speed") or {}).items()]
+    if speed:
+        extra.append(Table(
+            f"{stem}_speed", f"{factor}: training seconds to the copy-last baseline + 1 and + 2 dB",
+            pd.DataFrame(speed),
+            f"{stem}/confirm.json `speed` from each run's `seconds_to` (analysis.speed): sum of "
+            "`epoch_time_s` up to the first epoch whose `val_psnr` reaches `val_baseline_psnr` "
+            "(copy-last on the same validation sequences) + margin; reached = runs that got "
+            "there, of those run; median over the runs that got there."))
     return [
         Table(f"{stem}_levels", f"{factor} over seeds: mean and {level} CI of final PSNR "
               f"({len(summary['seeds'])} seeds per level)", pd.DataFrame(rows),

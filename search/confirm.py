@@ -26,11 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import re
 import shlex
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -40,6 +42,7 @@ from ray.tune import Callback
 
 from analysis import stats
 from analysis.results import Experiment, ExperimentError, load_experiment, read_history
+from analysis.speed import level_speed, seconds_to_quality
 from cvae.config import KL_ANNEAL_MODES, coerce, field_names, from_dict
 from cvae.jsonsafe import number
 from search.storage import write_local_json
@@ -261,9 +264,11 @@ def final_checkpoint(run_dir: Path) -> Optional[Path]:
 
 
 def execute(plan: Plan, runs: list[Run], resources: Any, trainable: Callable[[dict], None],
-            max_concurrent: Optional[int] = None, verbose: int = 0) -> dict[str, str]:
-    """Train `runs` as a grid in the plan's Ray Tune experiment on the connected cluster;
-    returns {run name: error message} of runs that failed."""
+            max_concurrent: Optional[int] = None, verbose: int = 0,
+            evaluate: bool = True) -> dict[str, str]:
+    """Train `runs` as a grid in the plan's Ray Tune experiment on the connected cluster,
+    scoring each on the test split as it ends (`evaluate`); returns {run name: error message}
+    of runs that failed."""
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -271,6 +276,7 @@ def execute(plan: Plan, runs: list[Run], resources: Any, trainable: Callable[[di
     from search.launcher import MAX_FAILURES
 
     configs = {r.name: {**r.config, **resources.config()} for r in runs}
+    scorer = _EvaluateAsRunsEnd(plan, resources.device) if evaluate else None
 
     def train(config: dict) -> None:  # the grid holds run names; each trial trains its config
         trainable(configs[config["run"]])
@@ -284,8 +290,13 @@ def execute(plan: Plan, runs: list[Run], resources: Any, trainable: Callable[[di
             name=plan.directory.name, storage_path=str(plan.experiment), verbose=verbose,
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest: the final model
             failure_config=FailureConfig(max_failures=MAX_FAILURES),
-            callbacks=[_Progress(len(runs)), JsonLoggerCallback(), CSVLoggerCallback()]))
-    results = tuner.fit()
+            callbacks=[_Progress(len(runs)), JsonLoggerCallback(), CSVLoggerCallback(),
+                       *([scorer] if scorer else [])]))
+    try:
+        results = tuner.fit()
+    finally:
+        if scorer:
+            scorer.close(cancel=sys.exc_info()[0] is not None)
     return {str(r.config.get("run")): (str(r.error).strip().splitlines() or ["error"])[-1]
             for r in results if r.error is not None}
 
@@ -323,35 +334,66 @@ class _Progress(Callback):
 def evaluate_runs(plan: Plan, device: str = "cpu") -> None:
     """Score the final checkpoint of every finished run on the test split, once: the result
     is kept in the run's test_metrics.json (and redone when the checkpoint changed)."""
+    for run in plan.runs:
+        evaluate_run(plan.run_dir(run), plan.epochs, device)
+
+
+def evaluate_run(run_dir: Path, epochs: int, device: str = "cpu") -> None:
+    """evaluate_runs for one run directory (a finished run not yet scored on this checkpoint)."""
     from cvae.evaluate import evaluate_checkpoint
 
-    for run in plan.runs:
-        run_dir = plan.run_dir(run)
-        status, _ = run_state(run_dir, plan.epochs)
-        ckpt = final_checkpoint(run_dir)
-        if status not in ("completed", "diverged") or ckpt is None:
-            continue
-        kept = _read(run_dir / TEST_FILE)
-        if kept and kept.get("checkpoint") == ckpt.name:
-            continue
-        print(f"confirm: {run.name}: test split, {ckpt.name}", flush=True)
-        try:
-            r = evaluate_checkpoint(ckpt, split="test", device=device)
-        except Exception as e:  # a failed evaluation leaves test PSNR empty, not the rest
-            print(f"warning: {run.name}: the test evaluation failed: {type(e).__name__}: {e}",
-                  file=sys.stderr)
-            continue
-        keys = ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "n_sequences", "n_past",
-                "n_future")
+    status, _ = run_state(run_dir, epochs)
+    ckpt = final_checkpoint(run_dir)
+    if status not in ("completed", "diverged") or ckpt is None:
+        return
+    kept = _read(run_dir / TEST_FILE)
+    if kept and kept.get("checkpoint") == ckpt.name:
+        return
+    print(f"confirm: {run_dir.name}: test split, {ckpt.name}", flush=True)
+    try:
+        r = evaluate_checkpoint(ckpt, split="test", device=device)
         # what the schedule did to the latent: z from the posterior on the test split, KL per
         # dimension and active units on (at most LATENT_SEQUENCES of) the validation split
         post = evaluate_checkpoint(ckpt, split="test", device=device, z="posterior")
         val = evaluate_checkpoint(ckpt, split="validate", device=device, latent=True,
                                   max_sequences=LATENT_SEQUENCES)
-        write_local_json(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys},
-                                     "posterior_psnr": post["psnr"], "val_kl": val["kl"],
-                                     "val_kl_per_dim": val["kl_per_dim"],
-                                     "active_units": val["active_units"]})
+    except Exception as e:  # a failed evaluation leaves test PSNR empty, not the rest
+        print(f"warning: {run_dir.name}: the test evaluation failed: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return
+    keys = ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "n_sequences", "n_past",
+            "n_future")
+    write_local_json(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys},
+                                           "posterior_psnr": post["psnr"], "val_kl": val["kl"],
+                                           "val_kl_per_dim": val["kl_per_dim"],
+                                           "active_units": val["active_units"]})
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+class _EvaluateAsRunsEnd(Callback):
+    """Scores each run as soon as it ends, in one background process, so that the evaluations
+    overlap the runs still training (on 2 cores, the last run of an odd grid trains alone)
+    instead of all following the last run. evaluate_runs afterwards catches any it missed."""
+
+    def __init__(self, plan: Plan, device: str):
+        self.plan, self.device = plan, device
+        self.pool: Optional[ProcessPoolExecutor] = None
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_one_thread)
+        self.pool.submit(evaluate_run, self.plan.directory / _run_name(trial), self.plan.epochs,
+                         self.device)
+
+    def close(self, cancel: bool = False) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=cancel)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -373,6 +415,7 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
             "val_psnr": final,
             "val_psnr_best": float(kept["val_psnr"].max()) if len(kept) else None,
             "val_psnr_curve": [number(v) for v in history["val_psnr"]],
+            "seconds_to": seconds_to_quality(history),
             "test_psnr": test.get("psnr"), "test_ssim": test.get("ssim"),
             "baseline_psnr": test.get("baseline_psnr"),
             "checkpoint": f"{run.name}/{test['checkpoint']}" if test else None,
@@ -402,7 +445,7 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
         "seeds": plan.seeds, "epochs": plan.epochs, "confidence": stats.CONFIDENCE,
         "alpha": stats.ALPHA, "ci_method": ci_method, "finished": finished,
         "wall_time_s": wall_time_s, "notes": plan.notes, "configs": groups, "runs": runs,
-        "latent": latent_statistics(runs),
+        "latent": latent_statistics(runs), "speed": level_speed(runs),
     }
 
 
