@@ -76,6 +76,15 @@ class Config:
         return from_dict({**self.to_dict(), **overrides})
 
 
+class ConfigError(ValueError):
+    """An invalid value of one field, as data: `key`, `value` and what was `expected`
+    (str(e) is "key=value: expected what")."""
+
+    def __init__(self, key: str, value: Any, expected: str):
+        super().__init__(f"{key}={value!r}: expected {expected}")
+        self.key, self.value, self.expected = key, value, expected
+
+
 def field_names() -> list[str]:
     return [f.name for f in fields(Config)]
 
@@ -92,7 +101,7 @@ def validate(cfg: Config) -> None:
     """Raise ValueError naming the field for any out-of-range value."""
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
-            raise ValueError(f"{key}={getattr(cfg, key)!r}: expected {what}")
+            raise ConfigError(key, getattr(cfg, key), what)
 
     need(cfg.kl_anneal in KL_ANNEAL_MODES, "kl_anneal", "one of " + ", ".join(KL_ANNEAL_MODES))
     need(cfg.kl_anneal_unit in ("epoch", "step"), "kl_anneal_unit", "'epoch' or 'step'")
@@ -152,13 +161,13 @@ def coerce(key: str, value: Any) -> Any:
                 return want(float(text)) if want is int and float(text).is_integer() else want(text)
             except ValueError:
                 pass
-        raise ValueError(f"{key}={value!r}: expected {want.__name__}")
+        raise ConfigError(key, value, want.__name__)
     if want is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if want is int and isinstance(value, float) and value.is_integer():
         return int(value)
     if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
-        raise ValueError(f"{key}={value!r}: expected {want.__name__}")
+        raise ConfigError(key, value, want.__name__)
     return value
 
 

@@ -4,7 +4,9 @@ Multi-node sweeps: start Ray on every machine with token authentication on
 (`ray get-auth-token --generate` on the head, the same token copied to ~/.ray/auth_token on
 every node, `RAY_AUTH_MODE=token` set for `ray start --head` on one and `ray start
 --address=<head>:6379` on the others); the launcher refuses to join a cluster whose dashboard
-reports token authentication off unless `--allow-unauthenticated-cluster` is given. Then run the launcher on the head with `--address auto` and a `--storage` every node can reach:
+reports token authentication off unless `--allow-unauthenticated-cluster` is given (a sweep
+submitted as a Ray Job joins its own cluster: its code already runs there). Then run the
+launcher on the head with `--address auto` and a `--storage` every node can reach:
 a shared file system path (NFS mounted at the same path everywhere) or a bucket URI
 (s3://bucket/sweeps, gs://...). Trial workers on other nodes upload their checkpoints to that
 storage directly; the driver writes results, trials.json and the experiment state there, and

@@ -478,7 +478,8 @@ def describe(summary: dict) -> list[str]:
             parts = []
             for metric in METRICS:
                 iv = values[metric]
-                ci = (f" [{iv['low']:.2f}, {iv['high']:.2f}]" if number(iv["low"]) is not None else "")
+                ci = (f" [{iv['low']:.2f}, {iv['high']:.2f}]"
+                      if number(iv["low"]) is not None else "")
                 mean = f"{iv['mean']:.2f}" if number(iv["mean"]) is not None else "-"
                 parts.append(f"{metric} {mean}{ci}")
             lines.append(f"  {lv}: " + ", ".join(parts) + f" (n = {values['val_psnr']['n']})")

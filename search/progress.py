@@ -145,7 +145,7 @@ class SweepCallback(Callback):
                 "completed": f"completed {record['epochs']} epochs"}[record["status"]]
         record["optuna_state"] = self.searcher.outcomes.get(trial.trial_id)
         self.say(trial, f"{text:<30} {self.metric} {_fmt(record.get('last'))}  best "
-                         f"{_fmt(record.get('best'))}  (Optuna {record['optuna_state']})")
+                 f"{_fmt(record.get('best'))}  (Optuna {record['optuna_state']})")
         self.changed = True
 
     def on_trial_error(self, iteration: int, trials: list, trial: "Trial", **info: Any) -> None:
@@ -153,14 +153,14 @@ class SweepCallback(Callback):
         record["status"] = "error"
         record["optuna_state"] = self.searcher.outcomes.get(trial.trial_id)
         self.say(trial, f"error after {trial.num_failures} failure(s): {_error_line(trial)} "
-                         f"(see {trial.path}/error.txt; Optuna {record['optuna_state']})")
+                 f"(see {trial.path}/error.txt; Optuna {record['optuna_state']})")
         self.changed = True
 
     def on_trial_recover(self, iteration: int, trials: list, trial: "Trial",
                          **info: Any) -> None:
         record = self.record(trial)
         self.say(trial, f"failed ({_error_line(trial)}); retry {trial.num_failures}/"
-                         f"{trial.max_failures} from its checkpoint at epoch {record['epochs']}")
+                 f"{trial.max_failures} from its checkpoint at epoch {record['epochs']}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.monotonic()

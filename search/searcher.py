@@ -94,7 +94,7 @@ class SweepSearcher(Searcher):
             if self.journal:
                 os.makedirs(os.path.dirname(self.journal) or ".", exist_ok=True)
             self.storage = (journal_storage(self.journal) if self.journal
-                             else optuna.storages.InMemoryStorage())
+                            else optuna.storages.InMemoryStorage())
             self.opened = optuna.create_study(
                 storage=self.storage, sampler=self.sampler, pruner=optuna.pruners.NopPruner(),
                 study_name=STUDY_NAME, load_if_exists=True,

@@ -352,7 +352,7 @@ def test_validate_point(tmp_path: Path) -> None:
 # --- hostile or careless files: refused before anything is built --------------------------------
 
 def test_oversized_file_is_refused_unread(tmp_path: Path) -> None:
-    from search.space import MAX_BYTES
+    from search.space_yaml import MAX_BYTES
 
     path = write(tmp_path, yaml.safe_dump(VALID) + "#" * MAX_BYTES + "\n")
     size = path.stat().st_size
@@ -370,7 +370,7 @@ def test_alias_bomb_as_a_value_fails_fast(tmp_path: Path) -> None:
     import time
     import tracemalloc
 
-    from search.space import MAX_NODES
+    from search.space_yaml import MAX_NODES
 
     text = yaml.safe_dump(VALID, sort_keys=False).replace("num_samples: 3", "num_samples: *a8")
     path = write(tmp_path, alias_bomb() + text)
