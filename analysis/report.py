@@ -12,11 +12,13 @@ import base64
 import html
 import json
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+from markdown import Markdown
+from markdown.treeprocessors import Treeprocessor
 
 from analysis.plots import PLOTS, confirm_plots, make_plots
 from analysis.results import (INCOMPLETE, KEY_PARAMS, MISSING, MODE, NOT_STARTED, Experiment,
@@ -70,8 +72,9 @@ def build_report(exp_dir: Path | str, out_dir: Path | str | None = None, evaluat
         confirmations.append(Confirmation(stem, summary, extra,
                                           confirm_plots(summary, out / "plots", stem)))
     blocks = _document(exp, out, tables, plots, evaluations, confirmations)
-    (out / "report.md").write_text(_markdown(blocks))
-    (out / "report.html").write_text(_html(blocks, out, f"Sweep report: {exp.name}"))
+    text = _markdown(blocks)
+    (out / "report.md").write_text(text)
+    (out / "report.html").write_text(_html(text, out, f"Sweep report: {exp.name}"))
     log(f"wrote {out / 'report.md'} and report.html")
     return out / "report.md"
 
@@ -158,7 +161,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-# The report is a list of blocks, rendered once as Markdown and once as HTML:
+# The report is a list of blocks, written as Markdown (report.md, which report.html renders):
 # ("h", level, text) | ("p", text) | ("ul", [text]) | ("table", Table) | ("img", path, caption),
 # image paths relative to the output dir. Text may hold `code`, **bold** and [label](link).
 
@@ -251,10 +254,14 @@ def _confirm_headline(c: Confirmation) -> list[str]:
               else "")
         tested = [x for x in group["comparisons"]["test_psnr"] if x["p_holm"] is not None]
         real = sum(x["significant"] for x in tested)
+        pairs = [x for x in group.get("paired_comparisons", {}).get("test_psnr", [])
+                 if x["p_holm"] is not None]
+        paired = (f" ({sum(x['significant'] for x in pairs)} of {len(pairs)} when paired by "
+                  "seed)" if pairs else "")
         lines.append(f"Confirmation of configuration {group['rank']} over {len(s['seeds'])} seeds "
                      f"per `{s['factor']}` level: highest mean test PSNR **{top}**, "
                      f"{fmt(iv['mean'])} dB{ci}; {real} of {len(tested)} pairwise differences "
-                     "significant after Holm correction. Traceability: "
+                     f"significant after Holm correction{paired}. Traceability: "
                      f"`{c.stem}/confirm.json`, `tables/{c.stem}_levels.csv`.")
     return lines
 
@@ -277,8 +284,9 @@ def _confirmation(c: Confirmation, out: Path) -> list[tuple]:
         blocks.append(("p", f"Configuration {group['rank']}: sweep trial `{group['trial_id']}` "
                             f"(best val PSNR {fmt(group['best_val_psnr'])} dB; {settings})."))
         blocks.append(("ul", [f"{metric.replace('_', ' ')}: {x['sentence']}"
+                              for key in ("comparisons", "paired_comparisons")
                               for metric in ("val_psnr", "test_psnr")
-                              for x in group["comparisons"][metric]]
+                              for x in group.get(key, {}).get(metric, [])]
                        or ["one level: nothing to compare"]))
     for table in c.tables:
         blocks += _table_blocks(table)
@@ -345,34 +353,28 @@ def _markdown(blocks: list[tuple]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def _html(blocks: list[tuple], out: Path, title: str) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-             f"<style>{CSS}</style></head><body>"]
-    for kind, *args in blocks:
-        if kind == "h":
-            parts.append(f"<h{args[0]}>{_inline(args[1])}</h{args[0]}>")
-        elif kind == "p":
-            parts.append(f"<p>{_inline(args[0])}</p>")
-        elif kind == "ul":
-            items = "".join(f"<li>{_inline(item)}</li>" for item in args[0])
-            parts.append(f"<ul>{items}</ul>")
-        elif kind == "table":
-            parts.append(args[0].html())
-        elif kind == "img":
-            path = out / args[0]
+class _EmbedImages(Treeprocessor):
+    """Each <img> of the page as a data: URI of the file it names (relative to `out`)."""
+
+    def __init__(self, md: Markdown, out: Path):
+        super().__init__(md)
+        self.out = out
+
+    def run(self, root: Any) -> None:
+        for img in root.iter("img"):
+            path = self.out / img.get("src")
             mime = "image/gif" if path.suffix.lower() == ".gif" else "image/png"
-            data = base64.b64encode(path.read_bytes()).decode("ascii")
-            alt = html.escape(args[1])
-            parts.append(f"<p><img alt='{alt}' src='data:{mime};base64,{data}'></p>")
-    return "\n".join(parts + ["</body></html>"]) + "\n"
+            img.set("src", f"data:{mime};base64,"
+                           + base64.b64encode(path.read_bytes()).decode("ascii"))
 
 
-def _inline(text: str) -> str:
-    """HTML of the inline Markdown the report uses: `code`, **bold**, [label](link)."""
-    text = html.escape(text, quote=False)
-    text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
-    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r"<a href='\2'>\1</a>", text)
+def _html(text: str, out: Path, title: str) -> str:
+    """report.md as a self-contained page: Python-Markdown with its tables extension, images
+    embedded."""
+    md = Markdown(extensions=["tables"])
+    md.treeprocessors.register(_EmbedImages(md, out), "embed_images", 0)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{CSS}</style></head><body>\n{md.convert(text)}\n</body></html>\n")
 
 
 def _rel(path: Path, start: Path) -> str:

@@ -6,7 +6,10 @@ several seeds, and this module says what those runs support:
   freedom) or by bootstrap (scipy.stats.bootstrap, BCa);
 - `compare`: every pair of levels by Welch's t-test (unequal variances), p-values Holm-corrected
   over the pairs, Hedges' g, and the confidence interval of the difference of means with the
-  Welch-Satterthwaite degrees of freedom; `Comparison.sentence` writes one line per pair.
+  Welch-Satterthwaite degrees of freedom; `Comparison.sentence` writes one line per pair;
+- `compare_paired`: the same pairs matched by seed (a paired t-test on the per-seed differences,
+  Hedges' g_z), for designs where one seed gives every level the same initialisation and the same
+  batches, so that seed-to-seed spread cancels out of each difference.
 Intervals are per comparison (not adjusted); the Holm-adjusted p-value decides "significant".
 """
 from __future__ import annotations
@@ -54,9 +57,10 @@ class Comparison:
     df: float  # Welch-Satterthwaite degrees of freedom
     p: float  # Welch's two-sided p-value
     p_holm: float  # Holm-adjusted over the family of comparisons
-    g: float  # Hedges' g (bias-corrected standardized difference, pooled SD)
+    g: float  # Hedges' g (bias-corrected standardized difference, pooled SD; paired: g_z)
     confidence: float = CONFIDENCE
     alpha: float = ALPHA
+    paired: bool = False  # matched by seed: n_a == n_b = pairs, df = pairs - 1
 
     @property
     def tested(self) -> bool:
@@ -74,17 +78,20 @@ class Comparison:
     def sentence(self, unit: str = "dB") -> str:
         """One line, e.g. "monotonic vs cyclical: +0.42 dB (95% CI 0.10 to 0.74), p = 0.012
         (Holm), g = 1.3, n = 5 seeds each"."""
-        head = f"{self.a} vs {self.b}"
-        n = (f"n = {self.n_a} seeds each" if self.n_a == self.n_b
+        head = f"{self.a} vs {self.b}" + (" (paired by seed)" if self.paired else "")
+        n = (f"n = {self.n_a} seed pairs" if self.paired else
+             f"n = {self.n_a} seeds each" if self.n_a == self.n_b
              else f"n = {self.n_a} and {self.n_b} seeds")
         if not self.tested:
             why = ("no variation between seeds" if min(self.n_a, self.n_b) >= 2
+                   else "at least 2 seed pairs needed" if self.paired
                    else "at least 2 seeds per level needed")
             return f"{head}: {_num(self.diff, '+.2f')} {unit}, not tested ({why}; {n})"
         level = f"{self.confidence:.0%}"
         g = _num(self.g, ".1f" if abs(self.g) >= 1 else ".2f")
         stats_text = (f"{_num(self.diff, '+.2f')} {unit} ({level} CI {_num(self.low, '.2f')} to "
-                      f"{_num(self.high, '.2f')}), {_p(self.p_holm)} (Holm), g = {g}, {n}")
+                      f"{_num(self.high, '.2f')}), {_p(self.p_holm)} (Holm), "
+                      f"{'g_z' if self.paired else 'g'} = {g}, {n}")
         if self.significant:
             return f"{head}: {stats_text}"
         return (f"{head}: no difference detected ({stats_text}); gaps larger than "
@@ -174,6 +181,38 @@ def compare(groups: Mapping[str, Sequence[float]], confidence: float = CONFIDENC
                        p_holm=float(p_holm), g=hedges_g(groups[a], groups[b]),
                        confidence=confidence, alpha=alpha)
             for (a, b), (diff, low, high, df, p), p_holm in zip(pairs, tests, adjusted)]
+
+
+def paired_t(a: Mapping[object, float], b: Mapping[object, float],
+             confidence: float = CONFIDENCE) -> tuple[int, float, float, float, float, float]:
+    """(pairs, mean of a - b over the seeds both have finite, CI low, CI high, two-sided p, g_z)
+    by the paired t-test (scipy.stats.ttest_rel); g_z = mean / SD of the differences times
+    J(pairs - 1). NaN interval, p and g_z with fewer than 2 pairs or no variation."""
+    keys = [k for k in a if k in b and all(v is not None and math.isfinite(v)
+                                           for v in (a[k], b[k]))]
+    d = np.array([a[k] - b[k] for k in keys], dtype=float)
+    n = len(d)
+    diff = float(d.mean()) if n else math.nan
+    if n < 2 or d.std() == 0:
+        return n, diff, math.nan, math.nan, math.nan, math.nan
+    result = stats.ttest_rel([a[k] for k in keys], [b[k] for k in keys])
+    ci = result.confidence_interval(confidence)
+    df = n - 1
+    j = (math.exp(special.gammaln(df / 2) - special.gammaln((df - 1) / 2)) / math.sqrt(df / 2)
+         if df > 1 else math.nan)
+    return n, diff, float(ci.low), float(ci.high), float(result.pvalue), j * diff / d.std(ddof=1)
+
+
+def compare_paired(groups: Mapping[str, Mapping[object, float]],
+                   confidence: float = CONFIDENCE, alpha: float = ALPHA) -> list[Comparison]:
+    """Every pair of levels matched by seed ({level: {seed: value}}), Holm-corrected together."""
+    pairs = list(itertools.combinations(groups, 2))
+    tests = [paired_t(groups[a], groups[b], confidence) for a, b in pairs]
+    adjusted = holm([t[4] for t in tests])
+    return [Comparison(a=str(a), b=str(b), n_a=n, n_b=n, diff=diff, low=low, high=high,
+                       df=float(n - 1) if n else math.nan, p=p, p_holm=float(p_holm), g=g,
+                       confidence=confidence, alpha=alpha, paired=True)
+            for (a, b), (n, diff, low, high, p, g), p_holm in zip(pairs, tests, adjusted)]
 
 
 def summarize(groups: Mapping[str, Sequence[float]], confidence: float = CONFIDENCE,

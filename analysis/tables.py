@@ -2,12 +2,12 @@
 
 Every builder takes the `Experiment` of analysis.results and returns a `Table`: a frame of raw
 values (NaN/None = not applicable) with a title and a traceability note naming the file/column
-behind each number. CSV holds the raw values; Markdown, LaTeX and HTML print them through `fmt`
-(so '-' in a printed table is an empty CSV cell).
+behind each number. CSV holds the raw values; Markdown and LaTeX print them through `fmt`
+(so '-' in a printed table is an empty CSV cell); pandas renders them (`to_markdown` through
+tabulate, `to_latex` through its Styler).
 """
 from __future__ import annotations
 
-import html
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +21,6 @@ from analysis.speed import seconds_to_quality
 
 SINGLE_RUNS = ("Each trial is a single run with one seed: a gap between trials can be seed "
                "noise (the confirmation tables, when present, give means over seeds).")
-LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                 "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
-                 "^": r"\textasciicircum{}"}
 
 
 def fmt(value: Any) -> str:
@@ -40,10 +37,6 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_ESCAPES.get(c, c) for c in text)
-
-
 @dataclass
 class Table:
     name: str  # file stem under <out>/tables/
@@ -56,28 +49,24 @@ class Table:
         return [[str(c) for c in self.frame.columns],
                 *([fmt(v) for v in row] for row in self.frame.itertuples(index=False))]
 
-    def markdown(self) -> str:
+    def printed(self) -> pd.DataFrame:
+        """The frame with every cell as printed (`fmt`)."""
         head, *rows = self.cells()
-        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-        lines += ["| " + " | ".join(c.replace("|", r"\|") for c in row) + " |" for row in rows]
-        return "\n".join(lines)
+        return pd.DataFrame(rows, columns=head, dtype=object)
+
+    def markdown(self) -> str:
+        """A pipe table (pandas + tabulate), cells as printed."""
+        cells = self.printed().map(lambda c: c.replace("|", r"\|"))
+        return cells.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
 
     def latex(self) -> str:
-        head, *rows = self.cells()
+        """A booktabs tabular (pandas' Styler), cells as printed and escaped; numeric columns
+        right-aligned."""
         numeric = pd.api.types.is_numeric_dtype
         align = "".join("r" if numeric(t) and not pd.api.types.is_bool_dtype(t) else "l"
                         for t in self.frame.dtypes)
-        body = [" & ".join(latex_escape(c) for c in row) + r" \\" for row in rows]
-        return "\n".join([f"% {self.title}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-                          " & ".join(latex_escape(c) for c in head) + r" \\", r"\midrule", *body,
-                          r"\bottomrule", r"\end{tabular}", ""])
-
-    def html(self) -> str:
-        head, *rows = self.cells()
-        cell = lambda tag, c: f"<{tag}>{html.escape(c)}</{tag}>"  # noqa: E731
-        lines = ["<table>", "<tr>" + "".join(cell("th", c) for c in head) + "</tr>"]
-        lines += ["<tr>" + "".join(cell("td", c) for c in row) + "</tr>" for row in rows]
-        return "\n".join([*lines, "</table>"])
+        body = self.printed().to_latex(index=False, escape=True, column_format=align or "l")
+        return f"% {self.title}\n{body}"
 
     def write(self, out_dir: Path) -> dict[str, Path]:
         """Write <name>.md, <name>.tex and <name>.csv into out_dir; return them by extension."""
@@ -254,13 +243,15 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
                          "n test": test["n"], "test PSNR mean": test["mean"],
                          f"test {level} CI low": test["low"],
                          f"test {level} CI high": test["high"]})
-        for metric, comparisons in group["comparisons"].items():
-            pairs += [{"config": group["rank"], "metric": metric, "a": c["a"], "b": c["b"],
-                       "difference a - b": c["diff"], f"{level} CI low": c["low"],
-                       f"{level} CI high": c["high"], "df": c["df"], "p": c["p"],
-                       "p (Holm)": c["p_holm"], "Hedges g": c["g"], "n a": c["n_a"],
-                       "n b": c["n_b"], "significant": c["significant"]}
-                      for c in comparisons]
+        for key, test in (("comparisons", "Welch"), ("paired_comparisons", "paired by seed")):
+            for metric, comparisons in group.get(key, {}).items():
+                pairs += [{"config": group["rank"], "metric": metric, "test": test,
+                           "a": c["a"], "b": c["b"],
+                           "difference a - b": c["diff"], f"{level} CI low": c["low"],
+                           f"{level} CI high": c["high"], "df": c["df"], "p": c["p"],
+                           "p (Holm)": c["p_holm"], "Hedges g": c["g"], "n a": c["n_a"],
+                           "n b": c["n_b"], "significant": c["significant"]}
+                          for c in comparisons]
     seeds = ", ".join(map(str, summary["seeds"]))
     method = "t-based" if summary.get("ci_method", "t") == "t" else "bootstrap (BCa)"
     latent = [{factor: lv, "n": v["n"], "KL per step (nats)": v["kl"],
@@ -299,10 +290,15 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
               "(a diverged run counts as 0 dB), test = `psnr` of evaluate_checkpoint on its final "
               f"checkpoint (test split, 2 past -> 10 future); {method} intervals; n = runs "
               "counted, n test = runs with a test evaluation."),
-        Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, Holm-corrected)",
+        Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, and paired by seed; Holm-corrected)",
               pd.DataFrame(pairs),
               f"{stem}/confirm.json `configs[].comparisons`: Welch's t-test of the level means "
               "(scipy.stats.ttest_ind, equal_var=False), interval of the difference with the "
               "Welch-Satterthwaite df (not adjusted), p Holm-adjusted over the pairs of each "
-              f"metric, Hedges' g with pooled SD; significant = p (Holm) < {summary['alpha']}."),
+              f"metric, Hedges' g with pooled SD; significant = p (Holm) < {summary['alpha']}. "
+              "`configs[].paired_comparisons`: the same pairs matched by seed (a seed gives "
+              "every level the same initialisation and batches), paired t-test on the per-seed "
+              "differences (scipy.stats.ttest_rel, df = pairs - 1), Holm over the pairs of each "
+              "metric; Hedges g column = g_z (mean / SD of the differences, bias-corrected); "
+              "n a = n b = seed pairs."),
     ] + extra

@@ -426,18 +426,22 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
     groups = []
     for entry in plan.configs:
         mine = [r for r in runs if r["rank"] == entry["rank"]]
-        levels, comparisons = {}, {}
+        levels, comparisons, paired = {}, {}, {}
         for metric in METRICS:
-            by_level = {label(v): [r[metric] for r in mine if r["label"] == label(v)
-                                   and r["status"] in ("completed", "diverged")]
-                        for v in plan.levels}
+            by_seed = {label(v): {r["seed"]: r[metric] for r in mine if r["label"] == label(v)
+                                  and r["status"] in ("completed", "diverged")}
+                       for v in plan.levels}
+            by_level = {lv: list(values.values()) for lv, values in by_seed.items()}
             for lv, interval in stats.summarize(by_level, method=ci_method).items():
                 levels.setdefault(lv, {})[metric] = interval.to_dict()
             comparisons[metric] = [c.to_dict() for c in stats.compare(by_level)]
+            # one seed = the same initialisation and batches at every level: matched pairs
+            paired[metric] = [c.to_dict() for c in stats.compare_paired(by_seed)]
         for lv in levels:
             levels[lv]["diverged"] = sum(r["status"] == "diverged" for r in mine
                                          if r["label"] == lv)
-        groups.append({**entry, "statistics": levels, "comparisons": comparisons})
+        groups.append({**entry, "statistics": levels, "comparisons": comparisons,
+                       "paired_comparisons": paired})
     finished = all(r["status"] in ("completed", "diverged") for r in runs)
     return {
         "experiment": str(plan.experiment), "factor": plan.factor,
@@ -485,6 +489,8 @@ def describe(summary: dict) -> list[str]:
             lines.append(f"  {lv}: " + ", ".join(parts) + f" (n = {values['val_psnr']['n']})")
         for metric in METRICS:
             lines += [f"  {metric}: {c['sentence']}" for c in group["comparisons"][metric]]
+            lines += [f"  {metric}: {c['sentence']}"
+                      for c in group.get("paired_comparisons", {}).get(metric, [])]
     return lines
 
 
