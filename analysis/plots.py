@@ -20,8 +20,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from analysis.results import (CYCLES, CYCLICAL, INCOMPLETE, LR, MISSING, MODE, TFR_START,
-                              Experiment, spec_choices)
+from analysis.results import (CYCLES, CYCLICAL, INCOMPLETE, LR, MISSING, MODE, OPTUNA_JOURNAL,
+                              OPTUNA_STUDY, TFR_START, Experiment, spec_choices)
 from analysis.tables import fmt
 
 MODE_COLORS = {"monotonic": "tab:blue", "cyclical": "tab:orange", "cyclical-sigmoid": "tab:green",
@@ -48,27 +48,63 @@ def make_plots(exp: Experiment, out_dir: Path) -> dict[str, Path]:
 
 def param_importances(exp: Experiment) -> Optional[dict[str, float]]:
     """Importance of each searched hyperparameter for the best validation PSNR, by optuna's default
-    evaluator (PED-ANOVA) on an in-memory study rebuilt from the trials table with the sweep.json
-    distributions; None with fewer than MIN_TRIALS_FOR_IMPORTANCE trials that ran."""
-    ran = exp.ran().dropna(subset=["best_val_psnr"])
-    if len(ran) < MIN_TRIALS_FOR_IMPORTANCE or not exp.searched:
+    evaluator (PED-ANOVA); None with fewer than MIN_TRIALS_FOR_IMPORTANCE trials with results.
+
+    The trials come from the sweep's own Optuna study (its journal, OPTUNA_JOURNAL in the
+    experiment: the parameters and distributions Optuna sampled), each valued at its best
+    intermediate value, so that the trials ASHA stopped (PRUNED) count beside the finished ones.
+    An experiment without a journal is rebuilt from the trials table and the sweep.json
+    distributions instead."""
+    trials = _journal_trials(exp)
+    if trials is None:
+        trials = _table_trials(exp)
+    if len(trials) < MIN_TRIALS_FOR_IMPORTANCE or not exp.searched:
         return None
-    dists = {p: _distribution(exp.sweep["searched"][p], ran[p].dropna())
-             for p in exp.searched if ran[p].notna().any()}
     verbosity = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.create_study(direction="maximize")
-        for _, trial in ran.iterrows():
-            params = {p: _plain(trial[p]) for p in dists if not pd.isna(trial[p])}
-            study.add_trial(optuna.trial.create_trial(
-                params=params, distributions={p: dists[p] for p in params},
-                value=float(trial["best_val_psnr"])))
+        study.add_trials(trials)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return optuna.importance.get_param_importances(study)
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+def _journal_trials(exp: Experiment) -> Optional[list[optuna.trial.FrozenTrial]]:
+    """The study's trials with a result, valued at their best intermediate value (a diverged
+    trial at the worst-case value it was told with); None without a journal."""
+    journal = exp.path / OPTUNA_JOURNAL
+    if not journal.is_file():
+        return None
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=OPTUNA_STUDY, storage=storage)
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    trials = []
+    for t in study.get_trials(deepcopy=False, states=done):
+        steps = [v for v in t.intermediate_values.values() if math.isfinite(v)]
+        value = max(steps) if steps else t.value
+        if value is not None and t.params:
+            trials.append(optuna.trial.create_trial(params=t.params,
+                                                    distributions=t.distributions,
+                                                    value=float(value)))
+    return trials
+
+
+def _table_trials(exp: Experiment) -> list[optuna.trial.FrozenTrial]:
+    """Trials rebuilt from the trials table with the sweep.json distributions."""
+    ran = exp.ran().dropna(subset=["best_val_psnr"])
+    dists = {p: _distribution(exp.sweep["searched"][p], ran[p].dropna())
+             for p in exp.searched if ran[p].notna().any()}
+    trials = []
+    for _, trial in ran.iterrows():
+        params = {p: _plain(trial[p]) for p in dists if not pd.isna(trial[p])}
+        trials.append(optuna.trial.create_trial(
+            params=params, distributions={p: dists[p] for p in params},
+            value=float(trial["best_val_psnr"])))
+    return trials
 
 
 def plot_val_psnr(exp: Experiment) -> Figure:

@@ -27,6 +27,7 @@ CYCLICAL = ("cyclical", "cyclical-sigmoid")  # modes for which kl_anneal_cycle m
 STATUSES = ("completed", "early_stopped", "diverged", "error", "running", "pending")  # trials.json
 INCOMPLETE = "running/incomplete"  # inferred: short of the budget while the sweep runs
 MISSING = "missing"  # listed in trials.json or expected by num_samples, but no result rows
+OPTUNA_JOURNAL, OPTUNA_STUDY = "optuna_journal.log", "sweep"  # the sweep's Optuna study (search/)
 NOT_STARTED = "not-started-"  # trial_id prefix of the trials num_samples expects beyond those known
 METRICS = ("loss", "mse", "kld", "beta", "tfr", "val_psnr", "val_ssim", "val_psnr_best", "diverged",
            "epoch_time_s", "time_total_s", "val_baseline_psnr")  # per-epoch columns kept in `history`

@@ -54,18 +54,22 @@ class Table:
         head, *rows = self.cells()
         return pd.DataFrame(rows, columns=head, dtype=object)
 
+    def right_aligned(self) -> list[bool]:
+        """Per column: numeric (not boolean) columns are right-aligned in print."""
+        numeric, boolean = pd.api.types.is_numeric_dtype, pd.api.types.is_bool_dtype
+        return [numeric(t) and not boolean(t) for t in self.frame.dtypes]
+
     def markdown(self) -> str:
         """A pipe table (pandas + tabulate), cells as printed."""
         cells = self.printed().map(lambda c: c.replace("|", r"\|"))
-        return cells.to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+        align = ["right" if r else "left" for r in self.right_aligned()]
+        return cells.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
+                                 colalign=align or None)
 
     def latex(self) -> str:
-        """A booktabs tabular (pandas' Styler), cells as printed and escaped; numeric columns
-        right-aligned."""
-        numeric = pd.api.types.is_numeric_dtype
-        align = "".join("r" if numeric(t) and not pd.api.types.is_bool_dtype(t) else "l"
-                        for t in self.frame.dtypes)
-        body = self.printed().to_latex(index=False, escape=True, column_format=align or "l")
+        """A booktabs tabular (pandas' Styler), cells as printed and escaped."""
+        align = "".join("r" if r else "l" for r in self.right_aligned()) or "l"
+        body = self.printed().to_latex(index=False, escape=True, column_format=align)
         return f"% {self.title}\n{body}"
 
     def write(self, out_dir: Path) -> dict[str, Path]:

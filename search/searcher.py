@@ -37,12 +37,11 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from analysis.results import trial_status
+from analysis.results import OPTUNA_JOURNAL, OPTUNA_STUDY, trial_status
 from cvae.jsonsafe import number
 
 TRAINING_ITERATION = "training_iteration"
-JOURNAL = "optuna_journal.log"  # the study's journal file in the experiment directory
-STUDY_NAME = "sweep"
+JOURNAL, STUDY_NAME = OPTUNA_JOURNAL, OPTUNA_STUDY  # the study's journal in the experiment
 logger = logging.getLogger(__name__)
 
 

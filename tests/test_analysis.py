@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import math
 import subprocess
 import sys
@@ -204,7 +205,7 @@ def test_topk_and_effects_and_compute(tmp_path):
 
 def _md_rows(text: str) -> list[list[str]]:
     lines = [line for line in text.splitlines()
-             if line.startswith("|") and not line.startswith("|---")]
+             if line.startswith("|") and not re.fullmatch(r"\|[-:|]+\|", line)]
     return [[c.strip() for c in line.strip("|").split(" | ")] for line in lines]
 
 
@@ -367,3 +368,30 @@ def test_effect_groups_are_disjoint_with_unambiguous_labels():
     close = _effect_groups({"lr": searched["lr"]},
                            {"lr": [0.001, 0.0015, 0.002, 0.0020001, 0.003, 0.004]})
     assert list(close["lr"]) == ["[0.001, 0.0015]", "[0.002, 0.0020001]", "[0.003, 0.004]"]
+
+
+def test_importances_come_from_the_sweeps_optuna_study(tmp_path):
+    """With the journal in the experiment, the study's own trials count (PRUNED ones at their
+    best intermediate value); without it, the trials table is used."""
+    import optuna
+
+    from analysis.results import OPTUNA_JOURNAL, OPTUNA_STUDY
+
+    exp = load_experiment(make_experiment(tmp_path))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(exp.path / OPTUNA_JOURNAL)))
+    study = optuna.create_study(study_name=OPTUNA_STUDY, storage=storage, direction="maximize")
+    for i in range(6):  # only lr is in the study: the table's other columns must not count
+        trial = study.ask()
+        lr = trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+        for step in (1, 2):
+            trial.report(20.0 - abs(math.log10(lr / 2e-3)) * step, step)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED if i % 2 else None,
+                   values=None if i % 2 else 25.0 - abs(math.log10(lr / 2e-3)))
+    failed = study.ask()
+    failed.suggest_float("lr", 1e-4, 1e-2, log=True)
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    importances = param_importances(exp)
+    assert set(importances) == {"lr"} and importances["lr"] == pytest.approx(1.0)
+    (exp.path / OPTUNA_JOURNAL).unlink()
+    assert set(param_importances(exp)) == set(SEARCHED)
