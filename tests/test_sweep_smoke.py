@@ -63,7 +63,42 @@ def test_smoke_sweep(tmp_path, synth_root):
     assert "Trial status" not in run.stdout  # Ray's own progress output stays off
     if importlib.util.find_spec("analysis.report") is not None:
         assert "report: " in run.stdout
+    check_tensorboard(exp, trials)
     check_confirmation(exp, trials, run.stdout + run.stderr)
+
+
+def tensorboard_events(trial_dir):
+    """Every event of a trial's TensorBoard files (TFRecord framing: length, CRC, data, CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    events = []
+    for path in sorted(trial_dir.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            events.append(Event.FromString(data[at + 12:at + 12 + length]))
+            at += 12 + length + 4
+    return events
+
+
+def check_tensorboard(exp, trials):
+    """`tensorboard --logdir <experiment>` finds each trial's per-epoch metrics and, for trials
+    that ended, its searched hyperparameters (the HParams view)."""
+    if importlib.util.find_spec("tensorboardX") is None:
+        return
+    searched = set(read(exp / "sweep.json")["searched"])
+    for t in trials.values():
+        events = tensorboard_events(exp / t["dir"])
+        psnr = sorted(e.step for e in events for v in e.summary.value
+                      if v.tag == "ray/tune/val_psnr")
+        assert psnr == list(range(1, t["epochs"] + 1)), t["dir"]
+        plugins = [v.metadata.plugin_data for e in events for v in e.summary.value
+                   if v.metadata.plugin_data.plugin_name == "hparams"]
+        assert plugins, t["dir"]
+        text = b"".join(p.content for p in plugins)
+        assert all(name.encode() in text for name in searched if name != "kl_anneal_cycle")
 
 
 def check_confirmation(exp, trials, output):
