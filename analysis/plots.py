@@ -3,6 +3,8 @@
 Figures are built on `matplotlib.figure.Figure` and saved through the Agg canvas: headless, no
 pyplot state. Colors name the KL annealing mode everywhere; line styles and markers the status.
 `make_plots` writes every figure of `PLOTS`, each named and captioned there for the report.
+(Over 350 lines: one short function per figure, the sweep's and the confirmation's, sharing the
+colour and figure helpers; the confirmation's figures could move to a module of their own.)
 """
 from __future__ import annotations
 

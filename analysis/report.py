@@ -4,6 +4,7 @@ Loads the experiment (analysis.results), writes the figures (analysis.plots) and
 (analysis.tables), evaluates each annealing mode's best checkpoint on the test split with the demo
 protocol, and ties it all together in report.md and a self-contained report.html (images embedded
 as base64). Works offline on finished and partly finished sweeps alike.
+(Over 350 lines: most of it is the report's prose, one function per section.)
 """
 from __future__ import annotations
 

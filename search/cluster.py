@@ -161,7 +161,8 @@ def _unauthenticated(address: str, mode: Optional[str]) -> str:
                 f"authentication on (its dashboard does not answer); {flag}")
     return (f"--address {address}: the cluster has token authentication off ({mode}): anyone "
             "who reaches its ports can run code on it; start every node with "
-            f"RAY_AUTH_MODE=token and a shared token (README, Several machines), or {flag}")
+            "RAY_AUTH_MODE=token and a shared token (docs/operations.md, Several machines), "
+            f"or {flag}")
 
 
 def keep_local_ray_on_loopback() -> None:

@@ -1,6 +1,8 @@
 """The schema of a space file: what each section may hold (KEYS, with defaults), the types it
 becomes (`Param`, `Space`) and `build`, which turns the file's mapping into a `Space`, checking
-every value against cvae.config (search.space_checks).
+every value against cvae.config (search.space_checks). (Over 350 lines: the key table, the two
+types and one short validator per section, kept together so that a key and its check are read
+side by side.)
 """
 from __future__ import annotations
 

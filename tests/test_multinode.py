@@ -96,7 +96,7 @@ def descendants(pid):
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc")
 def test_two_node_sweep_survives_losing_the_worker_node(tmp_path, synth_root):
-    """The README recipe on one machine (`ray start --head`, then `ray start --address`, both
+    """The recipe of docs/operations.md on one machine (`ray start --head`, then `ray start --address`, both
     with RAY_AUTH_MODE=token and the same token); the worker node is lost
     (its raylet and everything under it SIGKILLed) while one of its trials runs."""
     from search.orphans import end_session

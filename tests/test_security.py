@@ -97,8 +97,8 @@ def test_cluster_without_token_auth_is_refused(fake_ray, dashboard):
     assert str(info.value) == (
         "--address 10.0.0.1:6379: the cluster has token authentication off (disabled): anyone "
         "who reaches its ports can run code on it; start every node with RAY_AUTH_MODE=token "
-        "and a shared token (README, Several machines), or pass --allow-unauthenticated-cluster "
-        "to join anyway")
+        "and a shared token (docs/operations.md, Several machines), or pass "
+        "--allow-unauthenticated-cluster to join anyway")
     assert fake_ray == ["init", "shutdown"]  # disconnected again, nothing submitted
     joined = clusters.connect("10.0.0.1:6379", allow_unauthenticated=True)
     assert joined.auth_mode == "disabled" and not joined.started
