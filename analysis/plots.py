@@ -326,6 +326,12 @@ def confirm_plots(summary: dict, out_dir: Path, stem: str) -> dict[str, tuple[Pa
                            f"Final PSNR per {factor} level: dots = seeds, bar = mean with "
                            f"{level} confidence interval"),
     }
+    if any(r.get("active_units") is not None for r in summary["runs"]):
+        figures[f"{stem}_latent"] = (
+            _confirm_latent(summary),
+            f"What each {factor} level did to the latent: active units (posterior-mean variance "
+            "over inputs > 0.01) and KL per predicted step on the validation split, and test "
+            "PSNR with z from the posterior minus from the prior; dots = seeds, bar = mean")
     paths = {}
     for name, (fig, caption) in figures.items():
         paths[name] = (out_dir / f"{name}.png", caption)
@@ -396,6 +402,31 @@ def _confirm_levels(summary: dict) -> Figure:
                     ax.errorbar([iv["mean"]], [y], xerr=[[low], [high]], fmt="D", color="black",
                                 ms=6, capsize=4, zorder=3)
         ax.set_yticks([t for t, _ in ticks], [text for _, text in ticks])
+        ax.set(xlabel=title, title=title.split(" (")[0])
+        ax.grid(alpha=0.3, axis="x")
+    return fig
+
+
+def _confirm_latent(summary: dict) -> Figure:
+    colors, labels = _level_colors(summary), summary["labels"]
+    panels = {"active_units": "active units", "val_kl": "KL per step (nats)",
+              "posterior_gain": "posterior - prior test PSNR (dB)"}
+    fig, axes = _figure(4 * len(panels), 1.2 + 0.5 * len(labels), ncols=len(panels))
+    for ax, (key, title) in zip(axes, panels.items()):
+        for i, lv in enumerate(labels):
+            runs = [r for r in summary["runs"] if r["label"] == lv]
+            if key == "posterior_gain":
+                values = [r["posterior_psnr"] - r["test_psnr"] for r in runs
+                          if r.get("posterior_psnr") is not None and r.get("test_psnr") is not None]
+            else:
+                values = [r[key] for r in runs if r.get(key) is not None]
+            if not values:
+                continue
+            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
+            ax.scatter(values, -i + np.asarray(jitter), color=colors[lv], s=22, alpha=0.7,
+                       zorder=2)
+            ax.barh([-i], [float(np.mean(values))], color=colors[lv], alpha=0.3, height=0.6)
+        ax.set_yticks([-i for i in range(len(labels))], labels)
         ax.set(xlabel=title, title=title.split(" (")[0])
         ax.grid(alpha=0.3, axis="x")
     return fig
