@@ -1,12 +1,16 @@
 """`cvae bench`: time training steps of the real model on random data, or the data loader.
 
-With `--compare`, the same model and batch are also timed with
+The preset picks the task. For BAIR, with `--compare`, the same model and batch are also timed
+with
 - `reference`: a straightforward per-timestep loop, as the lab's and SVG's training scripts
   are written (every step encodes x_{t-1} and x_t and decodes one frame), and
 - `floor`: one batched forward + backward pass of encoder and decoder over the same frames,
   each predicted frame decoded with its own skip maps. The project's teacher-forced step can
   go below it: steps that share the last context frame's skip maps share the skip maps'
   convolutions (`Decoder.skip_terms`).
+For the dance task, `--compare` times the project's step (teacher-forced steps batched over
+time, each frame encoded once) against `reference`, the lab's `training_one_step` written
+step by step (every step encodes the previous and the current frame and the pose).
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cvae import tasks
 from cvae.config import PRESETS, preset
 from cvae.model import SVG, kl_divergence
+from cvae.tasks.dance.model import DanceVAE, kl_criterion
 from cvae.train import channels_last_default, reuse_freed_memory, select_device
 
 
@@ -57,8 +63,32 @@ def project_step(model: SVG, x: torch.Tensor, c: torch.Tensor, teacher_forcing: 
     return out.mse, out.kld
 
 
-STEPS: dict[str, Callable] = {"project": project_step, "reference": reference_step,
-                              "floor": floor_step}
+def dance_reference_step(model: DanceVAE, x: torch.Tensor, c: torch.Tensor,
+                         teacher_forcing: bool):
+    """The dance lab's loop, step by step: previous frame, current frame and pose encoded at
+    every step, one decoder and generator call per step."""
+    mse = kld = x.new_zeros(())
+    prev = x[:, 0]
+    for i in range(1, x.shape[1]):
+        l_cur = model.label_transformation(c[:, i])
+        z, mu, logvar = model.Gaussian_Predictor(model.frame_transformation(x[:, i]), l_cur)
+        pred = model.Generator(model.Decoder_Fusion(model.frame_transformation(prev), l_cur, z))
+        mse = mse + (pred - x[:, i]).pow(2).mean()
+        kld = kld + kl_criterion(mu, logvar, x.shape[0])
+        prev = x[:, i] if teacher_forcing else pred.detach()
+    return mse, kld
+
+
+def dance_project_step(model: DanceVAE, x: torch.Tensor, c: torch.Tensor,
+                       teacher_forcing: bool):
+    mse, kld, _ = model(x, c, teacher_forcing)
+    return mse, kld
+
+
+STEPS: dict[str, dict[str, Callable]] = {
+    "bair": {"project": project_step, "reference": reference_step, "floor": floor_step},
+    "dance": {"project": dance_project_step, "reference": dance_reference_step},
+}
 
 
 def time_steps(runs: dict[str, tuple[Callable, SVG]], x, c, tf: bool, steps: int,
@@ -95,20 +125,29 @@ def bench_model(args: argparse.Namespace) -> dict:
     device = select_device(args.device)
     if device.type == "cpu":
         reuse_freed_memory()  # as training does
+    dance = cfg.task == "dance"
+    batch = args.batch or (cfg.batch_size if dance else 4)
+    seq_len = args.seq_len or (cfg.clip_len if dance else 12)
     torch.manual_seed(0)
-    x = torch.rand(args.batch, args.seq_len, 3, 64, 64, device=device)
-    c = torch.randn(args.batch, args.seq_len, cfg.cond_dim, device=device)
+    if dance:  # frames and pose images, (B, T, 3, 32, 64) each
+        x = torch.rand(batch, seq_len, 3, 32, 64, device=device)
+        c = torch.rand(batch, seq_len, 3, 32, 64, device=device)
+    else:
+        x = torch.rand(batch, seq_len, 3, 64, 64, device=device)
+        c = torch.randn(batch, seq_len, cfg.cond_dim, device=device)
     tf = args.tfr >= 0.5
-    result = {"preset": args.preset, "width": cfg.width, "batch": args.batch,
-              "seq_len": args.seq_len, "teacher_forcing": tf, "device": str(device),
+    result = {"preset": args.preset, "task": cfg.task, "width": cfg.width, "batch": batch,
+              "seq_len": seq_len, "teacher_forcing": tf, "device": str(device),
               "threads": torch.get_num_threads(), "torch": torch.__version__, "runs": {}}
-    names = ["project", "reference", "floor"] if args.compare else ["project"]
+    steps = STEPS[cfg.task]
+    names = list(steps) if args.compare else ["project"]
     # the project's step and the floor run in training's memory format unless told; the
     # straightforward reference keeps the default (NCHW)
     channels_last = (channels_last_default(device) if args.channels_last is None
                      else args.channels_last)
     formats = {name: channels_last and name != "reference" for name in names}
-    variants = {name: (STEPS[name], SVG(cfg).to(device).to(
+    build = tasks.get(cfg.task).build_model
+    variants = {name: (steps[name], build(cfg).to(device).to(
         memory_format=torch.channels_last if formats[name] else torch.contiguous_format))
                 for name in names}
     result["parameters"] = sum(p.numel() for p in variants["project"][1].parameters())
@@ -117,36 +156,46 @@ def bench_model(args: argparse.Namespace) -> dict:
     times = time_steps(variants, x, c, tf, args.steps, args.warmup)
     for name in names:
         s = statistics.median(times[name])
-        result["runs"][name] = {"s_per_step": s, "frames_per_s": args.batch * args.seq_len / s,
+        result["runs"][name] = {"s_per_step": s, "frames_per_s": batch * seq_len / s,
                                 "channels_last": formats[name], "times": times[name]}
     runs = result["runs"]
     if args.compare:
         result["speedup_vs_reference"] = (runs["reference"]["s_per_step"]
                                           / runs["project"]["s_per_step"])
-        result["time_vs_floor"] = runs["project"]["s_per_step"] / runs["floor"]["s_per_step"]
+        if "floor" in runs:
+            result["time_vs_floor"] = runs["project"]["s_per_step"] / runs["floor"]["s_per_step"]
     return result
 
 
 def bench_loader(args: argparse.Namespace) -> dict:
     from cvae.data import BairDataset, N_FRAMES, resolve_root
 
-    ds = BairDataset(resolve_root(args.data), args.split, args.seq_len)
+    batch, seq_len = args.batch or 4, args.seq_len or 12
+    ds = BairDataset(resolve_root(args.data), args.split, seq_len)
     rng = np.random.default_rng(0)
-    ds.batch(rng.integers(len(ds), size=args.batch), np.zeros(args.batch, int))  # warm-up
+    ds.batch(rng.integers(len(ds), size=batch), np.zeros(batch, int))  # warm-up
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < 3.0:
-        idx = rng.integers(len(ds), size=args.batch)
-        ds.batch(idx, rng.integers(N_FRAMES - args.seq_len + 1, size=args.batch))
-        n += args.batch
+        idx = rng.integers(len(ds), size=batch)
+        ds.batch(idx, rng.integers(N_FRAMES - seq_len + 1, size=batch))
+        n += batch
     elapsed = time.perf_counter() - start
-    return {"data": args.data, "split": args.split, "sequences": len(ds), "batch": args.batch,
-            "seq_len": args.seq_len, "sequences_per_s": n / elapsed,
+    return {"data": args.data, "split": args.split, "sequences": len(ds), "batch": batch,
+            "seq_len": seq_len, "sequences_per_s": n / elapsed,
             "threads": torch.get_num_threads()}
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 2 <= args.seq_len <= 30:
-        print(f"error: --seq-len {args.seq_len}: expected 2..30", file=sys.stderr)
+    dance = preset(args.preset).task == "dance"
+    if args.seq_len is not None and not 2 <= args.seq_len <= (10 ** 4 if dance else 30):
+        print(f"error: --seq-len {args.seq_len}: expected 2.." + ("" if dance else "30"),
+              file=sys.stderr)
+        return 2
+    if dance and args.data:
+        print("error: --data: the loader bench reads the BAIR layout", file=sys.stderr)
+        return 2
+    if args.batch is not None and args.batch < 1:
+        print(f"error: --batch {args.batch}: expected an integer >= 1", file=sys.stderr)
         return 2
     from cvae.data import DataError
 
@@ -158,20 +207,23 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     elif args.data:
-        print(f"loader: {result['sequences_per_s']:.0f} sequences/s of {args.seq_len} frames "
-              f"(batch {args.batch}, {result['threads']} threads)")
+        print(f"loader: {result['sequences_per_s']:.0f} sequences/s of {result['seq_len']} "
+              f"frames (batch {result['batch']}, {result['threads']} threads)")
     else:
-        print(f"model: preset {result['preset']}, width {result['width']}, "
-              f"{result['parameters'] / 1e6:.2f} M parameters, batch {args.batch} x "
-              f"{args.seq_len} frames, teacher forcing {'on' if result['teacher_forcing'] else 'off'}"
-              f", {result['device']}, {result['threads']} threads")
+        size = "" if result["task"] == "dance" else f", width {result['width']}"
+        print(f"model: preset {result['preset']} ({result['task']}){size}, "
+              f"{result['parameters']:,} parameters, batch {result['batch']} x "
+              f"{result['seq_len']} frames, teacher forcing "
+              f"{'on' if result['teacher_forcing'] else 'off'}, {result['device']}, "
+              f"{result['threads']} threads")
         for name, r in result["runs"].items():
             print(f"  {name:9s} {r['s_per_step']:8.3f} s/step {r['frames_per_s']:8.1f} frames/s"
                   + ("  (channels_last)" if r["channels_last"] else ""))
         if args.compare:
             print(f"  speed-up over the per-timestep reference: "
-                  f"{result['speedup_vs_reference']:.2f}x; time / floor: "
-                  f"{result['time_vs_floor']:.2f}")
+                  f"{result['speedup_vs_reference']:.2f}x"
+                  + (f"; time / floor: {result['time_vs_floor']:.2f}"
+                     if "time_vs_floor" in result else ""))
     return 0
 
 
@@ -181,11 +233,13 @@ def register(subparsers) -> None:
         description="Time training steps of the real model on random data after warm-up, or "
                     "with --data the data loader alone.")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="model configuration (default: cpu)")
+                   help="model configuration, which picks the task (default: cpu)")
     p.add_argument("--width", type=float, default=None,
                    help="override the preset's channel width multiplier (1.0 = lab size)")
-    p.add_argument("--batch", type=int, default=4, help="sequences per batch (default: 4)")
-    p.add_argument("--seq-len", type=int, default=12, help="frames per sequence (default: 12)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="sequences per batch (default: 4; dance: the preset's batch_size)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="frames per sequence (default: 12; dance: the preset's clip_len)")
     p.add_argument("--tfr", type=float, default=1.0, choices=[0.0, 1.0],
                    help="1.0: teacher-forced steps; 0.0: free-running steps (default: 1.0)")
     p.add_argument("--steps", type=int, default=5, help="timed steps (default: 5)")

@@ -80,10 +80,10 @@ def _check_weights(file: Path, weights: Any, expected: dict[str, torch.Tensor]) 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, Config, CondStats or None) from a checkpoint; a checkpoint whose
-    config is missing or invalid, or whose weights do not fit it, is a CheckpointError."""
-    from cvae.data import CondStats
-    from cvae.model import SVG
+    """(model of the config's task in eval mode, Config, what its evaluation needs besides:
+    BAIR's CondStats or None) from a checkpoint; a checkpoint whose config is missing or
+    invalid, or whose weights do not fit it, is a CheckpointError."""
+    from cvae import tasks
 
     file = _state_file(path)
     state = load(file)
@@ -94,11 +94,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
         cfg: Config = from_dict(state["config"])
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{file}: bad config: {e}") from None
-    model = SVG(cfg)
+    task = tasks.get(cfg.task)
+    model = task.build_model(cfg)
     _check_weights(file, state.get("model"), model.state_dict())
     try:
         model.load_state_dict(state["model"])
-        stats = CondStats.from_dict(state.get("cond_stats"))
+        stats = task.load_stats(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file}: cannot load ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None

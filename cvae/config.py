@@ -6,16 +6,32 @@ field; the comments group the fields by the code they configure.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 KL_ANNEAL_MODES = ("monotonic", "cyclical", "cyclical-sigmoid", "none")
+TASKS = ("bair", "dance")  # cvae.tasks: one sub-package per lab
+
+# The labs' own flag names (their argument parsers) and the Config field each one is here; a
+# key spelt the lab's way is an error naming the field (`lab_name_hint`), never a silent alias.
+LAB_NAMES = {
+    # the dance lab's Trainer.py
+    "tfr_sde": "tfr_start_decay_epoch", "tfr_d_step": "tfr_decay_step",
+    "kl_anneal_type": "kl_anneal", "num_epoch": "epochs", "F_dim": "g_dim", "N_dim": "z_dim",
+    "L_dim": "pose_dim", "D_out_dim": "fusion_dim", "train_vi_len": "clip_len",
+    "val_vi_len": "val_len", "fast_train": "fast_train_epochs",
+    "fast_train_epoch": "fast_train_epochs", "DR": "data",
+    # the BAIR lab and SVG's train_svg_lp.py
+    "kl_anneal_cyclical": "kl_anneal", "niter": "epochs", "n_eval": "eval_n_future",
+    "data_root": "data", "beta": "beta_max", "data_threads": "num_workers",
+}
 
 
 @dataclass
 class Config:
+    task: str = "bair"  # the lab: "bair" (SVG on robot pushing) or "dance" (pose-conditioned)
     # data
-    data: Optional[str] = None  # dataset root in the BAIR layout; None = embedded synthetic data
+    data: Optional[str] = None  # dataset root in the task's layout; None = embedded synthetic data
     normalize_conditions: bool = True  # standardize actions/positions with train-split statistics
     n_past: int = 2  # conditioning frames
     n_future: int = 10  # predicted frames during training (lab: 10)
@@ -25,8 +41,8 @@ class Config:
     # SVG's BAIR loader and the lab (the frames the test protocol scores); "random": any window
     # model (SVG, Denton & Fergus 2018)
     width: float = 1.0  # channel multiplier of the VGG64 encoder/decoder (1.0 = 64-128-256-512)
-    g_dim: int = 128  # frame encoding size
-    z_dim: int = 64  # latent size per step
+    g_dim: int = 128  # frame encoding size (dance: RGB_Encoder channels, the lab's F_dim)
+    z_dim: int = 64  # latent size per step (dance: latent channels per pixel, the lab's N_dim)
     rnn_size: int = 256  # hidden size of every LSTM
     predictor_rnn_layers: int = 2  # frame predictor LSTM layers
     posterior_rnn_layers: int = 1  # Gaussian LSTM layers of q(z_t | x_t) and p(z_t | x_{t-1})
@@ -36,16 +52,29 @@ class Config:
     cond_dim: int = 7  # 4-dim action + 3-dim end-effector position
     init: str = "torch"  # "svg": conv/linear weights N(0, 0.02), bias 0, BatchNorm gamma
     # N(1, 0.02), beta 0 (SVG's utils.init_weights); "torch": PyTorch's default initialisation
+    # dance task (the lab's template; ignored by bair)
+    pose_dim: int = 32  # Label_Encoder channels (the lab's L_dim)
+    fusion_dim: int = 192  # Decoder_Fusion output channels (the lab's D_out_dim)
+    clip_len: int = 16  # frames per training clip (the lab's train_vi_len)
+    val_len: int = 630  # frames of the validation sequence generated from its first frame
+    partial: float = 1.0  # fraction of the training clips used (the lab's partial)
+    fast_partial: float = 0.4  # fraction used during the first fast_train_epochs epochs
+    fast_train_epochs: int = 0  # 0 = off (the lab's --fast_train with fast_train_epoch)
+    chunk: int = 0  # steps batched per call in the training pass (0: all; a speed knob only)
     # optimization
     lr: float = 0.002
+    lr_milestones: str = ""  # epochs at which lr is multiplied by lr_gamma, e.g. "2,5"
+    # (the dance lab's MultiStepLR([2, 5], 0.1)); "" = constant lr
+    lr_gamma: float = 0.1
     beta1: float = 0.9  # Adam beta1
     batch_size: int = 16
-    epoch_size: int = 600  # training batches per epoch
+    epoch_size: int = 600  # training batches per epoch (dance: 0 = one pass over the clips)
     epochs: int = 300
     grad_clip: float = 0.0  # max gradient norm; 0 = no clipping
     # teacher forcing
     tfr: float = 1.0  # initial teacher forcing ratio (per-sequence coin)
-    tfr_start_decay_epoch: int = 10  # epoch at which tfr starts to decay
+    tfr_start_decay_epoch: int = 10  # 0-based epoch of the first decayed tfr (the dance
+    # lab's tfr_sde, which decays after each epoch: its 0 and 1 are both 1 here)
     tfr_decay_step: float = 0.0  # decay per epoch; 0 = linear to tfr_lower_bound by the last epoch
     tfr_lower_bound: float = 0.0
     # KL annealing (Fu et al. 2019)
@@ -103,6 +132,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             raise ConfigError(key, getattr(cfg, key), what)
 
+    need(cfg.task in TASKS, "task", "one of " + ", ".join(TASKS))
     need(cfg.kl_anneal in KL_ANNEAL_MODES, "kl_anneal", "one of " + ", ".join(KL_ANNEAL_MODES))
     need(cfg.kl_anneal_unit in ("epoch", "step"), "kl_anneal_unit", "'epoch' or 'step'")
     need(cfg.train_window in ("first", "random"), "train_window", "'first' or 'random'")
@@ -117,11 +147,30 @@ def validate(cfg: Config) -> None:
     need(cfg.n_past >= 1, "n_past", "an integer >= 1")
     need(cfg.n_future >= 1, "n_future", "an integer >= 1")
     need(cfg.eval_n_future >= 1, "eval_n_future", "an integer >= 1")
-    need(cfg.n_past + max(cfg.n_future, cfg.eval_n_future) <= 30, "n_future",
-         "n_past + n_future (and eval_n_future) <= 30 frames")
-    for key in ("batch_size", "epoch_size", "epochs", "g_dim", "z_dim", "rnn_size",
-                "predictor_rnn_layers", "posterior_rnn_layers", "prior_rnn_layers"):
+    if cfg.task == "bair":
+        need(cfg.n_past + max(cfg.n_future, cfg.eval_n_future) <= 30, "n_future",
+             "n_past + n_future (and eval_n_future) <= 30 frames")
+    for key in ("batch_size", "epochs", "g_dim", "z_dim", "rnn_size", "predictor_rnn_layers",
+                "posterior_rnn_layers", "prior_rnn_layers", "pose_dim", "fusion_dim"):
         need(getattr(cfg, key) >= 1, key, "an integer >= 1")
+    full_pass = cfg.task == "dance" and cfg.kl_anneal_unit == "epoch"
+    need(cfg.epoch_size >= (0 if full_pass else 1), "epoch_size",
+         "an integer >= 1 (0, one pass over the clips, only for the dance task with "
+         "kl_anneal_unit=epoch)" if cfg.task == "dance" else "an integer >= 1")
+    if cfg.task == "dance":  # the template's blocks divide these channel counts
+        for key, k in (("g_dim", 8), ("z_dim", 4), ("pose_dim", 2), ("fusion_dim", 8)):
+            need(getattr(cfg, key) % k == 0, key, f"a multiple of {k} for the dance model")
+    need(cfg.clip_len >= 2, "clip_len", "an integer >= 2")
+    need(cfg.val_len >= 2, "val_len", "an integer >= 2")
+    need(0 < cfg.partial <= 1, "partial", "a number in (0, 1]")
+    need(0 < cfg.fast_partial <= 1, "fast_partial", "a number in (0, 1]")
+    need(cfg.fast_train_epochs >= 0, "fast_train_epochs", "an integer >= 0")
+    need(cfg.chunk >= 0, "chunk", "an integer >= 0")
+    try:
+        lr_milestones(cfg)
+    except ValueError:
+        need(False, "lr_milestones", "comma-separated epochs, e.g. '2,5' ('' = constant lr)")
+    need(cfg.lr_gamma > 0, "lr_gamma", "a positive number")
     need(cfg.width > 0, "width", "a positive number")
     need(cfg.beta_min >= 0 and cfg.beta_max >= 0, "beta_max", "non-negative betas")
     need(cfg.amp in ("auto", "on", "off"), "amp", "'auto', 'on' or 'off'")
@@ -130,15 +179,36 @@ def validate(cfg: Config) -> None:
     need(0 <= cfg.gpu_memory_fraction <= 1, "gpu_memory_fraction", "a number in [0, 1]")
 
 
+def lr_milestones(cfg: Config) -> list[int]:
+    """The epochs of `cfg.lr_milestones` ("2,5" -> [2, 5]); ValueError when malformed."""
+    epochs = [int(t) for t in cfg.lr_milestones.replace(" ", "").split(",") if t]
+    if any(e < 1 for e in epochs) or epochs != sorted(set(epochs)):
+        raise ValueError(f"lr_milestones={cfg.lr_milestones!r}")
+    return epochs
+
+
+def lab_name_hint(key: str) -> Optional[str]:
+    """For a lab's flag name (tfr_sde, --kl_anneal_type), the message naming the Config field
+    it is here; None for other keys."""
+    name = key.lstrip("-")
+    if name not in LAB_NAMES:
+        return None
+    return (f"{key!r} is the lab's name; here it is {LAB_NAMES[name]!r}"
+            + (" (0 = off, else the number of epochs)" if name == "fast_train" else ""))
+
+
 def from_dict(values: dict[str, Any], base: Optional[Config] = None) -> Config:
-    """Typed config from a flat dict; unknown keys are an error naming the key."""
+    """Typed config from a flat dict; unknown keys are an error naming the key (and, for a
+    lab's flag name, the field it is here)."""
     names = set(field_names())
     unknown = sorted(set(values) - names)
     if unknown:
         import difflib
+        lab = lab_name_hint(unknown[0])
         hint = difflib.get_close_matches(unknown[0], names, n=1)
         raise ValueError(f"unknown config key {unknown[0]!r}"
-                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+                         + (f": {lab}" if lab else f" (did you mean {hint[0]!r}?)" if hint
+                            else ""))
     merged = {**(base.to_dict() if base else {}), **values}
     coerced = {k: coerce(k, v) for k, v in merged.items()}
     return Config(**coerced)
@@ -188,6 +258,24 @@ PRESETS: dict[str, dict[str, Any]] = {
                  posterior_rnn_layers=1, lr=0.002, batch_size=4, epoch_size=4, epochs=2,
                  n_past=2, n_future=4, eval_n_future=4, tfr=1.0, tfr_start_decay_epoch=1,
                  kl_anneal="monotonic", beta_max=1e-3, val_sequences=8, threads=1),
+    # the dance lab's template defaults (its Trainer.py argument parser)
+    "dance-lab": dict(task="dance", g_dim=128, pose_dim=32, z_dim=12, fusion_dim=192, lr=1e-3,
+                      lr_milestones="2,5", lr_gamma=0.1, batch_size=2, epoch_size=0, epochs=70,
+                      clip_len=16, val_len=630, partial=1.0, fast_partial=0.4,
+                      fast_train_epochs=0, tfr=1.0, tfr_start_decay_epoch=10,
+                      tfr_decay_step=0.1, tfr_lower_bound=0.0, kl_anneal="cyclical",
+                      kl_anneal_cycle=10, kl_anneal_ratio=1.0, beta_min=0.0, beta_max=1.0,
+                      grad_clip=1.0, init="torch"),
+    "dance-cpu": dict(task="dance", g_dim=32, pose_dim=16, z_dim=4, fusion_dim=48, lr=2e-3,
+                      lr_milestones="", batch_size=4, epoch_size=40, epochs=8, clip_len=16,
+                      val_len=630, tfr=1.0, tfr_start_decay_epoch=3, tfr_decay_step=0.2,
+                      tfr_lower_bound=0.0, kl_anneal="cyclical", kl_anneal_cycle=2,
+                      kl_anneal_ratio=0.5, beta_min=0.0, beta_max=1e-3, grad_clip=1.0,
+                      init="torch"),
+    "dance-tiny": dict(task="dance", g_dim=8, pose_dim=8, z_dim=4, fusion_dim=16, lr=2e-3,
+                       batch_size=2, epoch_size=2, epochs=2, clip_len=4, val_len=12, tfr=1.0,
+                       tfr_start_decay_epoch=1, tfr_decay_step=0.5, kl_anneal="monotonic",
+                       beta_max=1e-3, grad_clip=1.0, threads=1),
 }
 
 

@@ -1,7 +1,10 @@
-"""The training loop (`fit`, which knows nothing about Ray) and `cvae train`.
+"""The training loop (`fit`, which knows nothing about Ray or about tasks) and `cvae train`.
 
-Loss (SVG, Denton & Fergus 2018, Eq. 3): sum over predicted steps of the per-pixel MSE plus
-beta * KL(q(z_t | x_1:t) || p(z_t)), beta from the KL annealing schedule.
+Loss, both tasks: sum over predicted steps of the per-pixel MSE plus beta * KL(q || p), beta
+from the KL annealing schedule (SVG, Denton & Fergus 2018, Eq. 3; the dance lab's
+`training_one_step`). What a batch is, the model and its step, and the validation protocol come
+from the task (cvae.tasks); the schedules, optimizer, clipping, checkpoints and reports are
+shared.
 """
 from __future__ import annotations
 
@@ -20,15 +23,14 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from cvae import checkpoint, jsonsafe
-from cvae.config import PRESETS, Config, preset
-from cvae.data import BairDataset, CondStats, DataError, N_FRAMES, resolve_root
+from cvae import checkpoint, jsonsafe, tasks
+from cvae.config import PRESETS, Config, lr_milestones, preset
+from cvae.data import DataError
 from cvae.evaluate import evaluate
-from cvae.model import SVG
 from cvae.schedules import kl_beta, teacher_forcing_ratio
 
 Report = Callable[[dict, str], None]  # (metrics of the epoch, checkpoint directory)
-Progress = Callable[[int, int, dict], None]  # (1-based epoch, step in epoch, step metrics)
+Progress = Callable[[int, int, dict, int], None]  # (1-based epoch, step, its metrics, steps)
 
 
 def select_device(name: str) -> torch.device:
@@ -65,6 +67,12 @@ def _flag(value: str, default: bool) -> bool:
     return default if value == "auto" else value == "on"
 
 
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """lr of 0-based `epoch`: times lr_gamma for each milestone reached (MultiStepLR stepped
+    once per epoch, as the dance lab's scheduler)."""
+    return cfg.lr * cfg.lr_gamma ** sum(epoch >= m for m in lr_milestones(cfg))
+
+
 class Trainer:
     """Model, optimizer, data and RNGs of one run; `epoch()` trains and validates one epoch."""
 
@@ -84,18 +92,10 @@ class Trainer:
             reuse_freed_memory()
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)  # batches, windows, teacher-forcing coins
-        root = resolve_root(cfg.data)
-        self.train_set = BairDataset(root, "train", cfg.n_past + cfg.n_future,
-                                     skip_bad=cfg.skip_bad)
-        stats = None  # from the checkpoint, or of the split just loaded (not loaded twice)
-        if state is not None:
-            stats = CondStats.from_dict(state.get("cond_stats"))
-        elif cfg.normalize_conditions:
-            stats = CondStats.of(self.train_set.arrays.conds)
-        self.cond_stats = self.train_set.cond_stats = stats
-        self.val_set = BairDataset(root, "validate", cfg.n_past + cfg.eval_n_future, stats,
-                                   skip_bad=cfg.skip_bad)
-        self.model = SVG(cfg).to(self.device)
+        self.task = tasks.get(cfg.task)
+        self.data = self.task.TrainingData(cfg, self.task.resolve_root(cfg.data), state)
+        self.train_set, self.val_set = self.data.train_set, self.data.val_set
+        self.model = self.task.build_model(cfg).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
@@ -114,7 +114,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epochs_done,
             "history": self.history,
-            "cond_stats": self.cond_stats.to_dict() if self.cond_stats else None,
+            **self.data.extra_state(),  # bair: cond_stats
             "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng,
                     "numpy": json.dumps(self.rng.bit_generator.state)},
         }
@@ -129,14 +129,10 @@ class Trainer:
         self.rng.bit_generator.state = json.loads(state["rng"]["numpy"])
 
     # ------------------------------------------------------------------ training
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        cfg, n = self.cfg, len(self.train_set)
-        t = cfg.n_past + cfg.n_future
-        idx = self.rng.integers(n, size=cfg.batch_size)
-        starts = self.rng.integers(N_FRAMES - t + 1, size=cfg.batch_size)  # random windows
-        if cfg.train_window == "first":  # drawn anyway: both choices see the same other draws
-            starts = np.zeros_like(starts)
-        x, c = self.train_set.batch(idx, starts)
+    def _batch(self, step: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(frames, conditions, sequence indices) of training step `step` of this epoch, on
+        the device."""
+        x, c, idx = self.data.sample(self.rng, self.epochs_done, step)
         pin = self.device.type == "cuda"
         x = (x.pin_memory() if pin else x).to(self.device, non_blocking=True)
         c = (c.pin_memory() if pin else c).to(self.device, non_blocking=True)
@@ -146,8 +142,8 @@ class Trainer:
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.amp
                     else contextlib.nullcontext())
         with autocast:
-            out = self.model(x, c, tf)
-            loss = out.mse + beta * out.kld
+            mse, kld, steps = self.task.step(self.model, x, c, tf, self.cfg)
+            loss = mse + beta * kld
         if not torch.isfinite(loss):
             return {"loss": math.nan, "mse": math.nan, "kld": math.nan}
         self.optimizer.zero_grad(set_to_none=True)
@@ -155,8 +151,7 @@ class Trainer:
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
-        return {"loss": loss.item() / out.steps, "mse": out.mse.item() / out.steps,
-                "kld": out.kld.item() / out.steps}
+        return {"loss": loss.item() / steps, "mse": mse.item() / steps, "kld": kld.item() / steps}
 
     def epoch(self, progress: Optional[Progress] = None) -> dict[str, Any]:
         """Train one epoch and validate; returns the epoch's metrics (see CONTRACTS.md)."""
@@ -164,12 +159,16 @@ class Trainer:
         start = time.time()
         self.model.train()
         tfr = teacher_forcing_ratio(cfg, e)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, e)
         sums = {"loss": 0.0, "mse": 0.0, "kld": 0.0}
         diverged = False
-        for step in range(cfg.epoch_size):
+        steps = self.data.steps(e, self.rng)
+        for step in range(steps):
             beta = kl_beta(cfg, e, step)
-            x, c, _ = self._batch()
-            tf = torch.from_numpy(self.rng.random(cfg.batch_size) < tfr).to(self.device)
+            x, c, _ = self._batch(step)
+            tf = self.data.teacher_forcing(self.rng, tfr)
+            tf = tf.to(self.device) if isinstance(tf, torch.Tensor) else tf
             m = self.train_step(x, c, tf, beta)
             if not math.isfinite(m["loss"]):
                 diverged = True
@@ -177,7 +176,7 @@ class Trainer:
             for k in sums:
                 sums[k] += m[k]
             if progress:
-                progress(self.epochs_done + 1, step, m)
+                progress(self.epochs_done + 1, step, m, steps)
         self.epochs_done += 1
         best = max([h["val_psnr"] for h in self.history], default=0.0)
         row: dict[str, Any] = {"epoch": self.epochs_done, "beta": kl_beta(cfg, e), "tfr": tfr,
@@ -186,9 +185,9 @@ class Trainer:
             row.update(loss=math.nan, mse=math.nan, kld=math.nan, val_psnr=0.0, val_ssim=0.0,
                        val_psnr_best=best)
         else:
-            row.update({k: v / cfg.epoch_size for k, v in sums.items()})
-            val = evaluate(self.model, self.val_set, cfg.n_past, cfg.eval_n_future,
-                           max_sequences=cfg.val_sequences, device=self.device, seed=cfg.seed)
+            row.update({k: v / steps for k, v in sums.items()})
+            val = evaluate(self.model, self.val_set, device=self.device, seed=cfg.seed,
+                           **self.data.validation_protocol())
             row.update(val_psnr=val["psnr"], val_ssim=val["ssim"],
                        val_psnr_best=max(best, val["psnr"]),
                        val_baseline_psnr=val["baseline_psnr"])  # copy-last, same sequences
@@ -232,8 +231,7 @@ class _Progress:
         self.cfg, self.start = cfg, time.time()
         self.tty = sys.stderr.isatty()
 
-    def step(self, epoch: int, step: int, m: dict) -> None:
-        n = self.cfg.epoch_size
+    def step(self, epoch: int, step: int, m: dict, n: int) -> None:
         if self.tty or step + 1 == n:
             done = int(20 * (step + 1) / n)
             sys.stderr.write(f"\repoch {epoch}/{self.cfg.epochs} [{'#' * done}{'.' * (20 - done)}]"
@@ -287,10 +285,17 @@ def run(args: argparse.Namespace) -> int:
                                  media_dir=out, device=str(select_device(cfg.device)),
                                  skip_bad=cfg.skip_bad)
     (out / "test_metrics.json").write_text(jsonsafe.dumps(result, indent=2))
-    print(f"test: PSNR {result['psnr']:.2f} dB (copy last frame {result['baseline_psnr']:.2f}), "
-          f"SSIM {result['ssim']:.4f}; wrote {out}/ metrics.csv curves.png prediction.gif "
-          f"grid.png psnr_per_frame.png checkpoint/", file=sys.stderr)
+    media = sorted({Path(f).name for v in result["media"].values()
+                    for f in (v if isinstance(v, list) else [v])})
+    print(f"test: PSNR {result['psnr']:.2f} dB ({baseline_name(result['n_past'])} "
+          f"{result['baseline_psnr']:.2f}), SSIM {result['ssim']:.4f}; wrote {out}/ metrics.csv "
+          f"curves.png {' '.join(media)} test_metrics.json checkpoint/", file=sys.stderr)
     return 0
+
+
+def baseline_name(n_past: int) -> str:
+    """The copy baseline in words: the last given frame repeated."""
+    return "copy last frame" if n_past > 1 else "first frame repeated"
 
 
 def register(subparsers) -> None:
@@ -299,9 +304,10 @@ def register(subparsers) -> None:
         description="Train one CVAE. Any config field can be overridden as key=value "
                     "(e.g. lr=0.001 kl_anneal=monotonic).")
     p.add_argument("--data", default=None,
-                   help="dataset root in the BAIR layout (default: embedded synthetic data)")
+                   help="dataset root in the task's layout (default: embedded synthetic data)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="configuration preset (default: cpu)")
+                   help="configuration preset, which also picks the task: lab, cpu, tiny "
+                        "(bair), dance-lab, dance-cpu, dance-tiny (default: cpu)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out sequences that fail the data checks, listing them, instead of "

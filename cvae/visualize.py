@@ -121,22 +121,33 @@ def save_gif(path: PathLike, columns: Mapping[str, Frames], fps: float = 4, n_pa
     return str(path)
 
 
-def save_grid(path: PathLike, rows: Mapping[str, Frames], n_past: int = 0, scale: int = 1) -> str:
+def save_grid(path: PathLike, rows: Mapping[str, Frames], n_past: int = 0, scale: int = 1,
+              frame_numbers: Optional[Sequence[int]] = None) -> str:
     """Write a PNG grid with one row per sequence and one column per timestep.
 
     Columns are numbered from 1 on top (context timesteps in green, their frames framed in green);
     row labels sit at the left. Typical rows: ground truth, prediction, |difference|, samples.
+    `frame_numbers`: the 0-based timesteps the columns show, when they are a selection (every
+    k-th frame of a long sequence); by default 0, 1, 2, ...
     """
     seqs = _sequences(rows)
-    framed = {label: _framed(frames, scale, n_past) for label, frames in seqs.items()}
-    t, cell_h, cell_w, _ = next(iter(framed.values())).shape
-    numbers = [str(i + 1) for i in range(t)]
+    t = len(next(iter(seqs.values())))
+    steps = list(range(t)) if frame_numbers is None else list(frame_numbers)
+    if len(steps) != t:
+        raise ValueError(f"{len(steps)} frame numbers for {t} columns")
+    context = np.array([s < n_past for s in steps])
+    framed = {label: _framed(frames, scale, 0) for label, frames in seqs.items()}
+    for frames in framed.values():  # the context border on the columns of context timesteps
+        inner = frames[context, PAD:-PAD, PAD:-PAD].copy()
+        frames[context] = CONTEXT_COLOR
+        frames[context, PAD:-PAD, PAD:-PAD] = inner
+    _, cell_h, cell_w, _ = next(iter(framed.values())).shape
     label_w = max(_text_width(label) for label in seqs) + 2 * TEXT_MARGIN
     header_h = _header_height()
 
     header = [np.full((header_h, label_w, 3), BACKGROUND, np.uint8)]
-    header += [_label(n, cell_w, header_h, CONTEXT_COLOR if i < n_past else TEXT_COLOR)
-               for i, n in enumerate(numbers)]
+    header += [_label(str(s + 1), cell_w, header_h, CONTEXT_COLOR if s < n_past else TEXT_COLOR)
+               for s in steps]
     lines = [np.concatenate(header, axis=1)]
     for label, frames in framed.items():
         cells = np.concatenate(list(frames), axis=1)  # (cell_h, T * cell_w, 3)
@@ -238,7 +249,8 @@ def plot_psnr_per_frame(path: PathLike, curves: Mapping[str, Sequence[float]], n
     fig = Figure(figsize=(6, 4), layout="constrained")
     ax = fig.subplots()
     for label, values in curves.items():
-        ax.plot(range(n_past + 1, n_past + 1 + len(values)), values, marker="o", label=label)
+        ax.plot(range(n_past + 1, n_past + 1 + len(values)), values,
+                marker="o" if len(values) <= 50 else None, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"frame (after {n_past} context frames)")
     ax.set_ylabel("PSNR (dB)")

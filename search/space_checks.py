@@ -10,7 +10,7 @@ import difflib
 import math
 from typing import Any, Iterable, NoReturn, Union
 
-from cvae.config import ConfigError, coerce, from_dict
+from cvae.config import LAB_NAMES, ConfigError, coerce, from_dict
 from search.storage import short
 
 MISSING = object()  # a required key (as a default) or no offending value (in fail)
@@ -36,7 +36,9 @@ def check_keys(mapping: Iterable[Any], allowed: Iterable[str], where: str, noun:
             extended = [a for a in allowed if a.startswith(str(key))]
             close = (extended if len(extended) == 1
                      else difflib.get_close_matches(str(key), allowed, n=1))
-            hint = (f"did you mean {close[0]!r}?" if close
+            lab = LAB_NAMES.get(str(key))  # a lab's flag name: the field it is here
+            hint = (f"the lab's name; here it is {lab!r}" if lab in allowed
+                    else f"did you mean {close[0]!r}?" if close
                     else f"expected {fallback or 'one of ' + ', '.join(allowed)}")
             raise Invalid(f"{join_key(where, key)}: unknown {noun} ({hint})")
 

@@ -296,12 +296,21 @@ def test_synth_writes_the_lab_layout(tiny_dance):
                                       dict(frames=[32, 63], dancer=1)]
     assert check_dance(root, val_len=40)["problems"] == []
     assert format_dance_report(check_dance(root, val_len=40)).splitlines()[-2:] == [
-        "  test       2 sequences, first frame given, 20 pose labels each", "ok"]
+        "  test       2 sequences, first frame given, 20 pose labels each, ground truth in "
+        "test/test_truth", "ok"]
     test = load_dance_test(root)
     first, labels = test.sequence(1)
     assert test.names == ["0", "1"] and first.shape == (3, 32, 64) and labels.shape[0] == 20
-    seq = synth.simulate(3, "test", 1, 20, dancer=1, frames_upto=1)
+    seq = synth.simulate(3, "test", 1, 20, dancer=1)
     assert torch.equal(first, torch.from_numpy(seq.frames[0]).permute(2, 0, 1).float() / 255)
+    # the held-out truth: every frame of the sequence, the given one first
+    assert test.truth.shape == (40, 32, 64, 3) and np.array_equal(test.truth[20:], seq.frames)
+    (root / "test" / "test_truth" / "1" / "frame7.png").rename(root / "frame7.png")
+    try:
+        with pytest.raises(DataError, match="test_truth/1/frame7.png: missing ground-truth"):
+            load_dance_test(root)
+    finally:
+        (root / "frame7.png").rename(root / "test" / "test_truth" / "1" / "frame7.png")
 
 
 def test_synth_is_deterministic_for_a_seed(tiny_dance, tmp_path):

@@ -1,1 +1,50 @@
-"""Task sub-packages: each holds one lab's data loader, synthetic generator and model."""
+"""The tasks (one per lab) behind one small interface, picked by `Config.task`.
+
+    bair    SVG on BAIR robot pushing, conditioned on actions and positions (cvae.tasks.bair
+            binds cvae.data, cvae.model and cvae.synth)
+    dance   the pose-conditioned dance lab (cvae.tasks.dance: its data, synthetic dancer and
+            template model)
+
+What differs between tasks is the dataset, the model, the training step and the validation
+protocol; config, schedules, metrics, checkpoints, the training loop (cvae.train), evaluation
+(cvae.evaluate), the Ray trainable and the sweeps are shared. A task module provides:
+
+    resolve_root(data) -> Path          the dataset root: the given folder or the embedded
+                                        synthetic data (generated once into the cache)
+    prepare(cfg, skip_bad) -> str       resolve_root plus decoding the training and validation
+                                        splits into the cache (a sweep's driver calls it once)
+    build_model(cfg) -> nn.Module       with `predict(x_ctx, cond, n_future, x_future=None)`
+    step(model, x, cond, tf, cfg)       training loss terms: (mse summed over steps, KL, steps)
+    TrainingData(cfg, root, state)      train batches, the validation set, the state a
+                                        checkpoint keeps (`extra_state()`)
+    load_stats(state)                   what evaluation needs from a checkpoint besides the
+                                        model (BAIR: the condition statistics)
+    eval_setup(root, split, cfg, stats, n_past, n_future)
+                                        (sequences to score, given frames, predicted frames):
+                                        the task's protocol; sequences have `len` and
+                                        `batch(idx, starts, seq_len) -> (frames, conditions)`
+    run_synth(args), run_check(args)    `python -m cvae synth --task T`, `check-data --task T`
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from cvae.config import TASKS, Config
+
+MODULES = {"bair": "cvae.tasks.bair", "dance": "cvae.tasks.dance.task"}
+assert tuple(MODULES) == TASKS
+
+
+def get(name: str) -> ModuleType:
+    """The task module of `name` (one of cvae.config.TASKS), imported on first use."""
+    if name not in MODULES:
+        raise ValueError(f"task={name!r}: expected one of {', '.join(MODULES)}")
+    return importlib.import_module(MODULES[name])
+
+
+def prepare_data(cfg: Config, quiet: bool = False) -> str:
+    """Make the data of `cfg` ready for training: the embedded synthetic data generated when
+    `cfg.data` is None, the training and validation splits decoded into the cache (so that
+    concurrent trials find them ready). Returns the dataset root. Raises DataError."""
+    return get(cfg.task).prepare(cfg, quiet=quiet)

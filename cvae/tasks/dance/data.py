@@ -5,6 +5,9 @@ Layout (the lab's `dataloader.py` and `Tester.py`; the embedded synthetic data a
     ROOT/train/train_img/frame<N>.png     ROOT/train/train_label/frame<N>.png
     ROOT/val/val_img/frame<N>.png         ROOT/val/val_label/frame<N>.png
     ROOT/test/test_img/<k>/frame0.png     ROOT/test/test_label/<k>/frame{0..629}.png
+    ROOT/test/test_truth/<k>/frame{0..629}.png   optional: every frame of test sequence k,
+                                           which the lab's data lacks; the embedded synthetic
+                                           data has it, so the test protocol can be scored
 
 A label is the RGB stick-figure rendering of the pose of the frame with the same file name.
 Frames are ordered by the integer N (frame10 after frame9), converted to RGB and resized to
@@ -37,6 +40,7 @@ FRAME_H, FRAME_W = 32, 64  # the lab's frame_H, frame_W
 TRAIN_VI_LEN = 16  # the lab's train_vi_len: frames per training clip
 VAL_VI_LEN = 630  # the lab's val_vi_len: frames of the validation (and each test) sequence
 SPLITS = ("train", "val")  # the sequential splits; "test" has its own layout
+TRUTH_FOLDER = "test_truth"  # test/<TRUTH_FOLDER>/<k>/: the optional test ground truth
 CACHE_VERSION = 1
 _FRAME_NAME = re.compile(r"frame(\d+)\.png")
 
@@ -218,11 +222,13 @@ def load_dance_split(root: Path | str, split: str) -> DanceSplit:
 @dataclass
 class DanceTest:
     """Decoded test split: first frames uint8 (K, 32, 64, 3) and every sequence's labels
-    concatenated (sum L_k, 32, 64, 3); sequence k's labels are labels[offsets[k]:offsets[k+1]]."""
+    concatenated (sum L_k, 32, 64, 3); sequence k's labels are labels[offsets[k]:offsets[k+1]].
+    `truth`, aligned with labels, holds every frame where the data has test ground truth."""
     first: np.ndarray
     labels: np.ndarray
     offsets: np.ndarray
     names: list[str]
+    truth: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -233,26 +239,53 @@ class DanceTest:
         return to_tensor(self.first[k]), to_tensor(self.labels[lo:hi])
 
 
+def ground_truth_files(root: Path | str, seqs: list[tuple[Path, list[Path]]]
+                       ) -> Optional[list[Path]]:
+    """The ground-truth frames of every test sequence (test/test_truth/<k>/frame<t>.png, one
+    per label), or None when the data has none; truth for only some sequences, or a frame
+    missing, is a DataError."""
+    base = Path(root) / "test" / TRUTH_FOLDER
+    if not base.is_dir():
+        return None
+    files = []
+    for first, labels in seqs:
+        for label in labels:
+            path = base / first.parent.name / label.name
+            if not path.is_file():
+                raise DataError(f"{path}: missing ground-truth frame (test/{TRUTH_FOLDER} "
+                                "holds every frame of every test sequence, or is absent)")
+            files.append(path)
+    return files
+
+
 def load_dance_test(root: Path | str) -> DanceTest:
-    """Decode the test split once into the cache and memory-map it."""
+    """Decode the test split (and its ground truth, where present) once into the cache and
+    memory-map it."""
     root = Path(root)
     seqs = test_sequences(root)
+    truth_files = ground_truth_files(root, seqs)
 
     def build() -> dict:
         first = np.empty((len(seqs), FRAME_H, FRAME_W, 3), np.uint8)
         offsets = np.cumsum([0] + [len(labels) for _, labels in seqs])
         labels = np.empty((offsets[-1], FRAME_H, FRAME_W, 3), np.uint8)
+        truth = None if truth_files is None else np.empty_like(labels)
         for k, (f, seq_labels) in enumerate(seqs):
             first[k], size = read_image(f)
             for t, lab in enumerate(seq_labels):
-                labels[offsets[k] + t], _ = read_image(lab, size)
-        return {"arrays": {"first": first, "labels": labels, "offsets": offsets},
-                "index": {"names": [f.parent.name for f, _ in seqs]}}
+                i = offsets[k] + t
+                labels[i], _ = read_image(lab, size)
+                if truth is not None:
+                    truth[i], _ = read_image(truth_files[i], size, like=f"its first frame {f}")
+        arrays = {"first": first, "labels": labels, "offsets": offsets}
+        if truth is not None:
+            arrays["truth"] = truth
+        return {"arrays": arrays, "index": {"names": [f.parent.name for f, _ in seqs]}}
 
-    files = [p for f, labels in seqs for p in [f, *labels]]
+    files = [p for f, labels in seqs for p in [f, *labels]] + (truth_files or [])
     arrays, index = _cached(root, "test", _fingerprint(files), build)
     return DanceTest(arrays["first"], arrays["labels"], np.asarray(arrays["offsets"]),
-                     index["names"])
+                     index["names"], arrays.get("truth"))
 
 
 # ----------------------------------------------------------------------------- dataset
@@ -303,7 +336,7 @@ class DanceClips(torch.utils.data.Dataset):
 
 def check_dance(root: Path | str, val_len: int = VAL_VI_LEN) -> dict:
     """Validate every file of every split without caching; a report dict with counts, sizes
-    and one line per problem (the future `check-data --task dance`)."""
+    and one line per problem (`check-data --task dance`)."""
     root = Path(root)
     report: dict = {"root": str(root), "task": "dance", "splits": {}, "problems": []}
     problems = report["problems"]
@@ -349,11 +382,20 @@ def check_dance(root: Path | str, val_len: int = VAL_VI_LEN) -> dict:
             seqs = []
         info["sequences"] = len(seqs)
         info["labels_per_sequence"] = [len(labels) for _, labels in seqs]
+        try:
+            truth = ground_truth_files(root, seqs)
+        except DataError as e:
+            problems.append(str(e))
+            truth = None
+        info["ground_truth"] = truth is not None
+        truth_of = dict(zip([lab for _, labels in seqs for lab in labels], truth or []))
         for f, labels in seqs:
             try:
                 _, size = read_image(f)
                 for lab in labels:
                     read_image(lab, size)
+                    if lab in truth_of:
+                        read_image(truth_of[lab], size, like=f"its first frame {f}")
             except DataError as e:
                 problems.append(str(e))
     if not report["splits"]:
@@ -368,7 +410,9 @@ def format_dance_report(report: dict) -> str:
         if split == "test":
             lengths = sorted(set(info["labels_per_sequence"]))
             lines.append(f"  test  {info['sequences']:6d} sequences, first frame given, "
-                         f"{'/'.join(map(str, lengths)) or 0} pose labels each")
+                         f"{'/'.join(map(str, lengths)) or 0} pose labels each"
+                         + (f", ground truth in test/{TRUTH_FOLDER}" if info["ground_truth"]
+                            else ""))
             continue
         line = f"  {split:5s} {info.get('frames', 0):6d} frames with labels"
         if "size_on_disk" in info:

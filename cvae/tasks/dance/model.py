@@ -271,6 +271,32 @@ class DanceVAE(nn.Module):
         return sse / (b * c * h * w), kld, steps
 
     @torch.no_grad()
+    def predict(self, x_ctx: torch.Tensor, cond: torch.Tensor, n_future: int,
+                x_future: Optional[torch.Tensor] = None, chunk: int = 64) -> torch.Tensor:
+        """The evaluation interface shared with SVG (cvae.evaluate): `generate` from the one
+        given frame x_ctx (B, 1, 3, H, W) and the poses cond (B, >= 1 + n_future, 3, H, W);
+        returns the n_future generated frames (B, n_future, 3, H, W). z ~ N(0, I) (the
+        protocol), or, given the true frames x_future (B, n_future, 3, H, W), drawn from the
+        posterior q(z_t | x_t, p_t) on them (what z can carry at most; the frames fed back are
+        still the model's own)."""
+        b, n_given, c, h, w = x_ctx.shape
+        if n_given != 1:
+            raise ValueError(f"{n_given} given frames: the dance protocol gives the first only")
+        labels = cond[:, :1 + n_future]
+        z = None
+        if x_future is not None:  # posterior draws, `chunk` steps at a time, step-major
+            zs = []
+            for s in range(0, n_future, chunk):
+                m = min(chunk, n_future - s)
+                f = self.frame_transformation(
+                    x_future[:, s:s + m].transpose(0, 1).reshape(m * b, c, h, w))
+                pose = labels[:, 1 + s:1 + s + m].transpose(0, 1).reshape(m * b, c, h, w)
+                z_s, _, _ = self.Gaussian_Predictor(f, self.label_transformation(pose, steps=m))
+                zs.append(z_s.view(m, b, -1, h, w))
+            z = torch.cat(zs).transpose(0, 1)  # (B, n_future, N, H, W)
+        return self.generate(x_ctx[:, 0], labels, z=z, chunk=chunk)[:, 1:]
+
+    @torch.no_grad()
     def generate(self, first_frame: torch.Tensor, labels: torch.Tensor,
                  z: Optional[torch.Tensor] = None, chunk: int = 64) -> torch.Tensor:
         """The lab's test protocol: frames (B, T, 3, H, W) from the given first frame
