@@ -375,6 +375,30 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _last_checkpoint_name(run_dir: Path) -> Optional[str]:
+    """checkpoint_dir_name of the last row of the run's result.json (None: none yet)."""
+    try:
+        lines = (run_dir / "result.json").read_text().strip().splitlines()
+        return json.loads(lines[-1]).get("checkpoint_dir_name") if lines else None
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def evaluate_when_saved(run_dir: Path, epochs: int, device: str, wait_s: float = 120.0) -> None:
+    """evaluate_run once the checkpoint named by the run's last result has landed on disk (at
+    trial end Tune may still be moving it into place); after `wait_s`, whatever is there (a
+    checkpoint that changes later is scored again by evaluate_runs)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        named = _last_checkpoint_name(run_dir)
+        if named is None or (run_dir / named / "state.pt").is_file():
+            break
+        if (run_dir / named).is_dir():  # there, but no model state in it: give it a moment
+            deadline = min(deadline, time.monotonic() + 5.0)
+        time.sleep(0.5)
+    evaluate_run(run_dir, epochs, device)
+
+
 class _EvaluateAsRunsEnd(Callback):
     """Scores each run as soon as it ends, in one background process, so that the evaluations
     overlap the runs still training (on 2 cores, the last run of an odd grid trains alone)
@@ -388,8 +412,8 @@ class _EvaluateAsRunsEnd(Callback):
         if self.pool is None:
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_one_thread)
-        self.pool.submit(evaluate_run, self.plan.directory / _run_name(trial), self.plan.epochs,
-                         self.device)
+        self.pool.submit(evaluate_when_saved, self.plan.directory / _run_name(trial),
+                         self.plan.epochs, self.device)
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:

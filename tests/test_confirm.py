@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from test_analysis import make_experiment
 
 from analysis import stats
 from analysis.report import build_report
-from search.confirm import main, make_plan, run_state, summarize
+from search.confirm import final_checkpoint, main, make_plan, run_state, summarize
 from search.space import SpaceError, load_space, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -286,3 +287,32 @@ def test_latent_statistics_average_each_levels_runs():
     assert out["monotonic"] == {"n": 2, "kl": 2.0, "kl_per_dim": [1.5, 0.5], "active_units": 1.5,
                                 "posterior_gain_db": 0.5}
     assert out["none"]["n"] == 1 and out["none"]["posterior_gain_db"] == 0.0
+
+
+def test_a_run_is_scored_once_the_checkpoint_its_last_result_names_is_on_disk(tmp_path,
+                                                                               monkeypatch):
+    from search import confirm as confirm_module
+
+    run_dir = tmp_path / "c1-monotonic-s1"
+    (run_dir / "checkpoint_000000").mkdir(parents=True)
+    (run_dir / "checkpoint_000000" / "state.pt").write_bytes(b"")
+    (run_dir / "result.json").write_text(json.dumps(
+        {"epoch": 1, "val_psnr": 20.0, "diverged": False,
+         "checkpoint_dir_name": "checkpoint_000001"}) + "\n")
+    seen = []
+    monkeypatch.setattr(confirm_module, "evaluate_run",
+                        lambda d, epochs, device: seen.append(final_checkpoint(d).name))
+    confirm_module.evaluate_when_saved(run_dir, 1, "cpu", wait_s=0.3)  # never lands: times out
+    assert seen == ["checkpoint_000000"]
+    (run_dir / "checkpoint_000001").mkdir()
+    (run_dir / "checkpoint_000001" / "state.pt").write_bytes(b"")
+    confirm_module.evaluate_when_saved(run_dir, 1, "cpu", wait_s=60)  # there: at once
+    assert seen[-1] == "checkpoint_000001"
+    (run_dir / "checkpoint_000002").mkdir()  # a checkpoint without model state (a fake run's)
+    (run_dir / "result.json").write_text(json.dumps({"checkpoint_dir_name": "checkpoint_000002"}))
+    clock = types.SimpleNamespace(now=0.0)
+    clock.monotonic = lambda: clock.now
+    clock.sleep = lambda s: setattr(clock, "now", clock.now + s)
+    monkeypatch.setattr(confirm_module, "time", clock)  # a simulated clock
+    confirm_module.evaluate_when_saved(run_dir, 1, "cpu", wait_s=600)
+    assert 5.0 <= clock.now <= 6.0  # not the full wait: 5 s once the directory is there
