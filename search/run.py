@@ -30,6 +30,7 @@ import shlex
 import sys
 from typing import Callable, Optional, Sequence
 
+from cvae.arguments import integer
 from search.space import Space, SpaceError, load_space
 from search.storage import UsageError, check_storage, storage_root
 
@@ -94,23 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true",
                    help="skip the analysis report at the end (analysis.report.build_report)")
     return p
-
-
-def integer(minimum: Optional[int] = None, maximum: Optional[int] = None,
-            expected: str = "") -> Callable[[str], int]:
-    """An argparse type: an integer within [minimum, maximum], else a one-line usage error."""
-    expected = expected or ("an integer" if minimum is None else f"an integer >= {minimum}")
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    return parse
 
 
 def space_from_args(args: argparse.Namespace) -> Space:

@@ -73,9 +73,10 @@ def test_diverged_trials_are_not_confirmed_and_any_key_can_be_the_factor(tmp_pat
     (["--levels", "monotonic", "sideways"], "--levels sideways: rejected by cvae.config"),
     (["--levels", "monotonic", "monotonic"], "--levels: monotonic is given twice"),
     (["--factor", "batch_size", "--levels", "4", "x"], "--levels: batch_size='x'"),
-    (["--seeds", "0"], "--seeds 0: expected an integer >= 1"),
-    (["--top-k", "0"], "--top-k 0: expected an integer >= 1"),
-    (["--max-concurrent", "0"], "--max-concurrent 0"),
+    (["--seeds", "0"], "argument --seeds: expected an integer >= 1, got '0'"),
+    (["--top-k", "0"], "argument --top-k: expected an integer >= 1, got '0'"),
+    (["--max-concurrent", "0"], "argument --max-concurrent: expected an integer >= 1"),
+    (["--epochs", "x"], "argument --epochs: expected an integer, got 'x'"),
     (["--ci", "normal"], "argument --ci: invalid choice"),
 ])
 def test_usage_errors_are_one_line(tmp_path, capsys, argv, message):
@@ -291,7 +292,7 @@ def test_latent_statistics_average_each_levels_runs():
 
 def test_a_run_is_scored_once_the_checkpoint_its_last_result_names_is_on_disk(tmp_path,
                                                                                monkeypatch):
-    from search import confirm as confirm_module
+    from search import confirm_runs as confirm_module
 
     run_dir = tmp_path / "c1-monotonic-s1"
     (run_dir / "checkpoint_000000").mkdir(parents=True)

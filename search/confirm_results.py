@@ -1,0 +1,148 @@
+"""A confirmation's results (search.confirm): the state of each run directory and confirm.json.
+
+confirm.json holds every run's final val_psnr and test PSNR (the run's test_metrics.json,
+written by search.confirm_runs), per level the mean and 95% confidence interval over seeds, the
+pairwise Welch tests and the tests paired by seed with Holm correction (analysis.stats), what
+each schedule did to the latent and the seconds to reach copy-last + 1/+2 dB (analysis.speed).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from analysis import stats
+from analysis.results import read_history
+from analysis.speed import level_speed, seconds_to_quality
+from cvae.jsonsafe import number
+from search.confirm_plan import Plan, label
+
+METRICS = ("val_psnr", "test_psnr")  # per-run numbers that get per-level statistics
+CONFIRM_FILE = "confirm.json"
+TEST_FILE = "test_metrics.json"  # a run's test-split evaluation, in its run directory
+
+
+def run_state(run_dir: Path, epochs: int) -> tuple[str, Any]:
+    """(status, history) of a run directory: completed | diverged | incomplete | missing."""
+    history = read_history(run_dir)
+    if history.empty or history["epoch"].isna().all():
+        return "missing", history
+    if history["diverged"].any():
+        return "diverged", history
+    done = history.dropna(subset=["val_psnr"])
+    if len(done) and int(done["epoch"].max()) >= epochs:
+        return "completed", history
+    return "incomplete", history
+
+
+def final_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The run's latest kept checkpoint directory holding a state.pt."""
+    found = sorted(p.parent for p in run_dir.glob("checkpoint_*/state.pt"))
+    return found[-1] if found else None
+
+
+def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = None) -> dict:
+    """confirm.json: the plan, every run's numbers, per-level statistics per configuration."""
+    runs = []
+    for run in plan.runs:
+        run_dir = plan.run_dir(run)
+        status, history = run_state(run_dir, plan.epochs)
+        kept = history.dropna(subset=["val_psnr"])
+        kept = kept[~kept["diverged"]]
+        test = read_kept(run_dir / TEST_FILE) or {}
+        final = (0.0 if status == "diverged"  # fit's finite worst case
+                 else float(kept["val_psnr"].iloc[-1]) if status == "completed" else None)
+        runs.append({
+            "name": run.name, "rank": run.rank, "level": run.level, "label": label(run.level),
+            "seed": run.seed, "status": status, "epochs": len(history),
+            "val_psnr": final,
+            "val_psnr_best": float(kept["val_psnr"].max()) if len(kept) else None,
+            "val_psnr_curve": [number(v) for v in history["val_psnr"]],
+            "seconds_to": seconds_to_quality(history),
+            "test_psnr": test.get("psnr"), "test_ssim": test.get("ssim"),
+            "baseline_psnr": test.get("baseline_psnr"),
+            "checkpoint": f"{run.name}/{test['checkpoint']}" if test else None,
+            **{k: test.get(k) for k in ("posterior_psnr", "val_kl", "val_kl_per_dim",
+                                        "active_units")},
+            "config": run.config,
+        })
+    groups = []
+    for entry in plan.configs:
+        mine = [r for r in runs if r["rank"] == entry["rank"]]
+        levels, comparisons, paired = {}, {}, {}
+        for metric in METRICS:
+            by_seed = {label(v): {r["seed"]: r[metric] for r in mine if r["label"] == label(v)
+                                  and r["status"] in ("completed", "diverged")}
+                       for v in plan.levels}
+            by_level = {lv: list(values.values()) for lv, values in by_seed.items()}
+            for lv, interval in stats.summarize(by_level, method=ci_method).items():
+                levels.setdefault(lv, {})[metric] = interval.to_dict()
+            comparisons[metric] = [c.to_dict() for c in stats.compare(by_level)]
+            # one seed = the same initialisation and batches at every level: matched pairs
+            paired[metric] = [c.to_dict() for c in stats.compare_paired(by_seed)]
+        for lv in levels:
+            levels[lv]["diverged"] = sum(r["status"] == "diverged" for r in mine
+                                         if r["label"] == lv)
+        groups.append({**entry, "statistics": levels, "comparisons": comparisons,
+                       "paired_comparisons": paired})
+    finished = all(r["status"] in ("completed", "diverged") for r in runs)
+    return {
+        "experiment": str(plan.experiment), "factor": plan.factor,
+        "levels": plan.levels, "labels": [label(v) for v in plan.levels],
+        "seeds": plan.seeds, "epochs": plan.epochs, "confidence": stats.CONFIDENCE,
+        "alpha": stats.ALPHA, "ci_method": ci_method, "finished": finished,
+        "wall_time_s": wall_time_s, "notes": plan.notes, "configs": groups, "runs": runs,
+        "latent": latent_statistics(runs), "speed": level_speed(runs),
+    }
+
+
+def latent_statistics(runs: list[dict]) -> dict:
+    """Per level, what the schedule did to the latent (means over its finished runs): KL of the
+    posterior from the prior per latent dimension on the validation split, active units
+    (Burda et al. 2016: posterior-mean variance over inputs > 0.01), and test PSNR with z from
+    the posterior minus with z from the prior (what z carries that the prior does not give)."""
+    out = {}
+    for r in runs:
+        if r.get("val_kl_per_dim") is None:
+            continue
+        out.setdefault(r["label"], []).append(r)
+    return {lv: {"n": len(rs),
+                 "kl": float(np.mean([r["val_kl"] for r in rs])),
+                 "kl_per_dim": np.mean([r["val_kl_per_dim"] for r in rs], 0).tolist(),
+                 "active_units": float(np.mean([r["active_units"] for r in rs])),
+                 "posterior_gain_db": float(np.mean([r["posterior_psnr"] - r["test_psnr"]
+                                                     for r in rs]))}
+            for lv, rs in out.items()}
+
+
+def describe(summary: dict) -> list[str]:
+    """Lines for the terminal: per level mean and CI, then the comparison sentences."""
+    lines = []
+    for group in summary["configs"]:
+        lines.append(f"configuration {group['rank']} (sweep trial {group['trial_id']}, "
+                     f"{summary['factor']} varied):")
+        for lv, values in group["statistics"].items():
+            parts = []
+            for metric in METRICS:
+                iv = values[metric]
+                ci = (f" [{iv['low']:.2f}, {iv['high']:.2f}]"
+                      if number(iv["low"]) is not None else "")
+                mean = f"{iv['mean']:.2f}" if number(iv["mean"]) is not None else "-"
+                parts.append(f"{metric} {mean}{ci}")
+            lines.append(f"  {lv}: " + ", ".join(parts) + f" (n = {values['val_psnr']['n']})")
+        for metric in METRICS:
+            lines += [f"  {metric}: {c['sentence']}" for c in group["comparisons"][metric]]
+            lines += [f"  {metric}: {c['sentence']}"
+                      for c in group.get("paired_comparisons", {}).get(metric, [])]
+    return lines
+
+
+def read_kept(path: Path) -> Optional[dict]:
+    """A JSON file kept by an earlier step (test_metrics.json, confirm.json); None when it is
+    missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
