@@ -1,4 +1,4 @@
-"""cvae/synth.py: determinism, BAIR layout, dynamics (actions -> positions -> pixels), pushes."""
+"""cvae/synth/: determinism, BAIR layout, dynamics (actions -> positions -> pixels), pushes."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from cvae import synth
+from cvae.synth import dataset as synth_dataset
 
 SIZES = dict(train=3, validate=2, test=2)
 
@@ -305,7 +306,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_ensure_synthetic_generates_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(synth, "DEFAULT_SIZES", dict(train=2, validate=1, test=1))
+    monkeypatch.setattr(synth_dataset, "DEFAULT_SIZES", dict(train=2, validate=1, test=1))
     monkeypatch.setenv("CVAE_CACHE", str(tmp_path / "cache"))
     assert synth.default_cache_dir() == tmp_path / "cache"
     path = synth.ensure_synthetic(quiet=True)
@@ -316,21 +317,21 @@ def test_ensure_synthetic_generates_once(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("generated twice")
 
-    monkeypatch.setattr(synth, "_generate", fail)
+    monkeypatch.setattr(synth_dataset, "_generate", fail)
     assert synth.ensure_synthetic(quiet=True) == path
 
 
 def test_ensure_synthetic_survives_a_race(tmp_path, monkeypatch):
     """When another process finishes first, the loser keeps the winner's copy and cleans up."""
-    monkeypatch.setattr(synth, "DEFAULT_SIZES", dict(train=1, validate=1, test=0))
-    generate = synth._generate
+    monkeypatch.setattr(synth_dataset, "DEFAULT_SIZES", dict(train=1, validate=1, test=0))
+    generate = synth_dataset._generate
 
     def racing(root, sizes, seed, workers, progress):
         stats = generate(root, sizes, seed, workers, progress)
         generate(synth.default_path(tmp_path, seed), sizes, seed, workers, progress)  # the winner
         return stats
 
-    monkeypatch.setattr(synth, "_generate", racing)
+    monkeypatch.setattr(synth_dataset, "_generate", racing)
     path = synth.ensure_synthetic(tmp_path, seed=2, quiet=True)
     assert synth.is_synthetic(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
