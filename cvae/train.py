@@ -45,7 +45,7 @@ def select_device(name: str) -> torch.device:
 def reuse_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse: by default it gives blocks over
     32 MB back to the OS, and every training step of a lab-size model on CPU faults its large
-    activations in again (README, Performance: 8.3 s of system time in 6 bench steps, 1.8 s
+    activations in again (docs/performance.md: 8.3 s of system time in 6 bench steps, 1.8 s
     with this). Process wide; a no-op returning False where the C library is not glibc."""
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -59,7 +59,7 @@ def channels_last_default(device: torch.device) -> bool:
     """The memory format for channels_last="auto": channels_last on CUDA, as PyTorch's
     performance guide advises for convolutional networks under autocast (not measured here:
     no GPU); NCHW on CPU, where teacher-forced steps measured faster with this decoder
-    (README, Performance)."""
+    (docs/performance.md)."""
     return device.type == "cuda"
 
 
