@@ -26,11 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cvae.synth import default_cache_dir, ensure_synthetic
+from cvae.synth import N_FRAMES, SIZE, SPLITS, default_cache_dir, ensure_synthetic
 
-SPLITS = ("train", "validate", "test")
-N_FRAMES = 30  # frames per BAIR sequence
-IMAGE_SIZE = 64
+IMAGE_SIZE = SIZE  # BAIR's 64x64 frames; SPLITS and N_FRAMES (30) are the simulator's too
 ACTION_DIM = 4  # dx, dy, lift, gripper
 POSITION_DIM = 3  # end-effector x, y, z
 COND_DIM = ACTION_DIM + POSITION_DIM

@@ -137,9 +137,23 @@ def evaluate_run(run_dir: Path, epochs: int, device: str = "cpu") -> None:
 
 
 def _one_thread() -> None:
+    """Initialiser of the scoring process: one torch thread, and exit when the confirmation
+    process that started it is gone (killed with SIGKILL, its pool cannot tell this process;
+    it would otherwise block forever on its task queue)."""
+    import os
+    import threading
+
     import torch
 
     torch.set_num_threads(1)
+    parent = os.getppid()
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
 
 
 def _last_checkpoint_name(run_dir: Path) -> Optional[str]:

@@ -317,3 +317,35 @@ def test_a_run_is_scored_once_the_checkpoint_its_last_result_names_is_on_disk(tm
     monkeypatch.setattr(confirm_module, "time", clock)  # a simulated clock
     confirm_module.evaluate_when_saved(run_dir, 1, "cpu", wait_s=600)
     assert 5.0 <= clock.now <= 6.0  # not the full wait: 5 s once the directory is there
+
+
+def test_the_scoring_process_exits_when_the_confirmation_process_is_killed(tmp_path):
+    """The pool worker that scores runs must not outlive a driver killed with SIGKILL."""
+    driver = textwrap.dedent("""
+        import multiprocessing, os, sys, time
+        from concurrent.futures import ProcessPoolExecutor
+        from search.confirm_runs import _one_thread
+        if __name__ == "__main__":
+            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_one_thread)
+            print(pool.submit(os.getpid).result(), flush=True)
+            time.sleep(600)
+    """)
+    script = tmp_path / "driver.py"
+    script.write_text(driver)
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    worker = int(proc.stdout.readline())
+    proc.kill()
+    proc.wait()
+    end = time.monotonic() + 120  # a hang guard, not a speed check
+    while time.monotonic() < end:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(worker, os.WNOHANG)
+        time.sleep(0.5)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail(f"the scoring process {worker} outlived its killed parent")
