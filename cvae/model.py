@@ -8,6 +8,10 @@ passed in and returned, created with `new_zeros` on the input's device.
 
 Shapes: frames (B, T, 3, 64, 64), conditions (B, T, cond_dim); `SVG.encode` returns encodings
 (T, B, g_dim) and skips time-major.
+
+One file over 350 lines on purpose: it is read side by side with SVG's reference modules
+(vgg_64.py, lstm.py) and with the tests that hold the batched step equal to the per-step loop;
+splitting the modules from the step would separate what those comparisons check together.
 """
 from __future__ import annotations
 
