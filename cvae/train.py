@@ -22,6 +22,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cvae import checkpoint, jsonsafe, tasks
 from cvae.config import PRESETS, Config, lr_milestones, preset
@@ -225,21 +226,24 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 class _Progress:
-    """A one-line progress bar per epoch on stderr."""
+    """A tqdm bar per epoch on stderr (steps, loss, elapsed and remaining time), closed by the
+    epoch's validation line."""
 
     def __init__(self, cfg: Config):
-        self.cfg, self.start = cfg, time.time()
-        self.tty = sys.stderr.isatty()
+        self.cfg, self.bar = cfg, None
 
     def step(self, epoch: int, step: int, m: dict, n: int) -> None:
-        if self.tty or step + 1 == n:
-            done = int(20 * (step + 1) / n)
-            sys.stderr.write(f"\repoch {epoch}/{self.cfg.epochs} [{'#' * done}{'.' * (20 - done)}]"
-                             f" {step + 1}/{n} loss {m['loss']:.4f} "
-                             f"{time.time() - self.start:.0f}s")
-            sys.stderr.flush()
+        if self.bar is None:
+            self.bar = tqdm(total=n, desc=f"epoch {epoch}/{self.cfg.epochs}", file=sys.stderr,
+                            unit="step", dynamic_ncols=True,
+                            mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        self.bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+        self.bar.update(1)
 
     def epoch(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         sys.stderr.write(f"  val PSNR {row['val_psnr']:.2f} dB (best {row['val_psnr_best']:.2f})"
                          f" tfr {row['tfr']:.2f} beta {row['beta']:.2g}"
                          + (" DIVERGED" if row["diverged"] else "") + "\n")

@@ -2,7 +2,8 @@
 
 Frame sequences are float tensors or arrays shaped (T, 3, H, W) in [0, 1] (what the model and the
 data loader produce) or uint8 arrays shaped (T, H, W, 3) (what image files hold). Frame pictures are
-composed pixel-exactly with numpy and PIL; curves are drawn with matplotlib's Agg canvas through
+composed pixel-exactly with numpy (labels drawn with PIL), tiled with torchvision's `make_grid` and
+written with imageio; curves are drawn with matplotlib's Agg canvas through
 `matplotlib.figure.Figure`, so nothing needs a display or touches pyplot's global state. Every
 function creates missing parent directories and returns the path it wrote, as a string.
 """
@@ -12,12 +13,14 @@ import math
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
+from torchvision.utils import make_grid
 
 Frames = Union[torch.Tensor, np.ndarray]
 PathLike = Union[str, Path]
@@ -114,10 +117,9 @@ def save_gif(path: PathLike, columns: Mapping[str, Frames], fps: float = 4, n_pa
     header = np.concatenate([_label(label, f.shape[2], height) for label, f in zip(seqs, framed)],
                             axis=1)
     body = np.concatenate(framed, axis=2)  # (T, h, sum of column widths, 3)
-    images = [Image.fromarray(np.concatenate([header, frame], axis=0)) for frame in body]
+    frames = np.stack([np.concatenate([header, frame], axis=0) for frame in body])
     path = _prepare(path)
-    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
-                   duration=round(1000 / fps), loop=0)
+    iio.imwrite(path, frames, extension=".gif", duration=round(1000 / fps), loop=0)
     return str(path)
 
 
@@ -148,20 +150,23 @@ def save_grid(path: PathLike, rows: Mapping[str, Frames], n_past: int = 0, scale
     header = [np.full((header_h, label_w, 3), BACKGROUND, np.uint8)]
     header += [_label(str(s + 1), cell_w, header_h, CONTEXT_COLOR if s < n_past else TEXT_COLOR)
                for s in steps]
-    lines = [np.concatenate(header, axis=1)]
-    for label, frames in framed.items():
-        cells = np.concatenate(list(frames), axis=1)  # (cell_h, T * cell_w, 3)
-        lines.append(np.concatenate([_label(label, label_w, cell_h, align="left"), cells], axis=1))
+    # the framed cells tiled row by row (torchvision's make_grid; the borders are in the cells)
+    cells = torch.from_numpy(np.concatenate(list(framed.values()))).permute(0, 3, 1, 2)
+    tiled = make_grid(cells, nrow=t, padding=0).permute(1, 2, 0).numpy()
+    labels = [_label(label, label_w, cell_h, align="left") for label in framed]
+    lines = [np.concatenate(header, axis=1),
+             np.concatenate([np.concatenate(labels, axis=0), tiled], axis=1)]
     path = _prepare(path)
-    Image.fromarray(np.concatenate(lines, axis=0)).save(path, format="PNG")
+    iio.imwrite(path, np.concatenate(lines, axis=0), extension=".png")
     return str(path)
 
 
 def save_strip(path: PathLike, frames: Frames, scale: int = 2, every: int = 1) -> str:
     """Write every `every`-th frame side by side as one PNG strip, upscaled by `scale`."""
-    strip = _framed(to_uint8(frames)[::every], scale, n_past=0)
+    strip = torch.from_numpy(_framed(to_uint8(frames)[::every], scale, n_past=0))
+    row = make_grid(strip.permute(0, 3, 1, 2), nrow=len(strip), padding=0)
     path = _prepare(path)
-    Image.fromarray(np.concatenate(list(strip), axis=1)).save(path, format="PNG")
+    iio.imwrite(path, row.permute(1, 2, 0).numpy(), extension=".png")
     return str(path)
 
 
