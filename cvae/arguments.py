@@ -20,3 +20,20 @@ def integer(minimum: Optional[int] = None, maximum: Optional[int] = None,
         return value
 
     return parse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors raise `error_type(message)` (one line, for the caller
+    to print with exit code 2) instead of printing the usage block and exiting."""
+
+    error_type: type[Exception] = ValueError
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise self.error_type(message)
+
+
+def one_line_parser(error_type: type[Exception], **kwargs) -> OneLineParser:
+    """A OneLineParser raising `error_type`; kwargs as for ArgumentParser."""
+    parser = OneLineParser(**kwargs)
+    parser.error_type = error_type
+    return parser

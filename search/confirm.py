@@ -36,7 +36,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from analysis import stats
-from cvae.arguments import integer
+from cvae.arguments import integer, one_line_parser
 from search.confirm_plan import DEFAULT_FACTOR, DEFAULT_SEEDS, ConfirmError, Plan, make_plan
 from search.confirm_results import final_checkpoint, latent_statistics, run_state, summarize
 from search.confirm_runs import confirm, confirm_sweep
@@ -46,17 +46,13 @@ __all__ = ["confirm", "confirm_sweep", "final_checkpoint", "latent_statistics", 
            "make_plan", "run_state", "summarize"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2
-        raise ConfirmError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.confirm", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Exit codes: 0 done; 1 a run failed; 2 a usage or experiment error "
-                       "(nothing started); 130 interrupted (run the same command to continue)."
-                       "\nExample: python -m search.confirm ray_results/annealing --seeds 5")
+    p = one_line_parser(ConfirmError, prog="python -m search.confirm",
+                        description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="Exit codes: 0 done; 1 a run failed; 2 a usage or experiment error "
+                               "(nothing started); 130 interrupted (run the same command to continue)."
+                               "\nExample: python -m search.confirm ray_results/annealing --seeds 5")
     p.add_argument("experiment", metavar="EXPERIMENT_DIR",
                    help="a finished sweep's directory (holds sweep.json and the trial dirs)")
     p.add_argument("--factor", default=DEFAULT_FACTOR, metavar="KEY",

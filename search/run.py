@@ -30,22 +30,18 @@ import shlex
 import sys
 from typing import Callable, Optional, Sequence
 
-from cvae.arguments import integer
+from cvae.arguments import integer, one_line_parser
 from search.space import Space, SpaceError, load_space
 from search.storage import UsageError, check_storage, storage_root
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit code 2 (argparse prints usage too)
-        raise UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                epilog="Exit codes: 0 done; 1 the report failed; 2 a usage, space-file or "
-                       "resource error (nothing started); 130 interrupted (continue with "
-                       "--resume).\nExample: python -m search.run --space spaces/smoke.yaml")
+    p = one_line_parser(UsageError, prog="python -m search.run",
+                        description=__doc__.split("\n\n")[0],
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="Exit codes: 0 done; 1 the report failed; 2 a usage, space-file or "
+                               "resource error (nothing started); 130 interrupted (continue with "
+                               "--resume).\nExample: python -m search.run --space spaces/smoke.yaml")
     p.add_argument("--space", required=True, metavar="FILE",
                    help="search space YAML file (spaces/*.yaml)")
     p.add_argument("--num-samples", type=integer(minimum=1), metavar="N",
