@@ -268,7 +268,7 @@ def _print_result(r: dict) -> None:
         print(f"  {'model - baseline':{w}s} {r['psnr'] - r['baseline_psnr']:+6.2f} dB")
         per = r["psnr_per_frame"]
         every = max(1, -(-len(per) // 30))
-        print("  PSNR per frame" + (f" (every {every}th)" if every > 1 else "") + ": "
+        print("  PSNR per frame" + (f" (one in {every})" if every > 1 else "") + ": "
               + " ".join(f"{v:.1f}" for v in per[::every]))
     if "kl" in r:
         print(f"  KL(q || p) per predicted step {r['kl']:.3f} nats; per step: "

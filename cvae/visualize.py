@@ -257,7 +257,7 @@ def plot_psnr_per_frame(path: PathLike, curves: Mapping[str, Sequence[float]], n
         ax.plot(range(n_past + 1, n_past + 1 + len(values)), values,
                 marker="o" if len(values) <= 50 else None, label=label)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"frame (after {n_past} context frames)")
+    ax.set_xlabel(f"frame (after {n_past} context frame{'s' if n_past != 1 else ''})")
     ax.set_ylabel("PSNR (dB)")
     ax.grid(alpha=0.3)
     _legend(ax, ax, loc="best")

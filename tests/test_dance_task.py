@@ -344,3 +344,22 @@ def test_bair_checkpoints_without_a_task_load_as_bair(synth_root, tmp_path):
     model, loaded, stats = checkpoint.load_model(tmp_path)
     assert loaded.task == "bair" and stats is not None
     assert type(model).__name__ == "SVG"
+
+
+@pytest.mark.parametrize("clamp", [False, True])
+def test_clamp_feedback_bounds_the_frames_fed_back(clamp):
+    from cvae.tasks.dance.model import DanceVAE
+
+    torch.manual_seed(0)
+    model = DanceVAE(16, 8, 4, 16, clamp_feedback=clamp)
+    with torch.no_grad():
+        model.Generator[-1].bias.fill_(5.0)  # every generated value far above 1
+    inputs = []
+    model.frame_transformation.register_forward_pre_hook(lambda m, a: inputs.append(a[0]))
+    out = model.generate(torch.rand(1, 3, 8, 16), torch.rand(1, 4, 3, 8, 16))
+    assert out[:, 1:].min() > 1  # the generated frames themselves stay raw, as in the lab
+    fed = torch.stack([x.max() for x in inputs[1:]])  # the inputs after the given frame
+    assert (fed.max() <= 1.0) == clamp
+    frames, labels = torch.rand(2, 4, 3, 8, 16), torch.rand(2, 4, 3, 8, 16)
+    mse, kld, _ = model(frames, labels, False)  # free running: clamped inputs, finite loss
+    assert math.isfinite(mse.item()) and math.isfinite(kld.item())

@@ -198,11 +198,17 @@ class DanceVAE(nn.Module):
     Mode: the template's `VAE_Model.eval` (its validation) shadows `nn.Module.eval`, so the lab
     validates and tests with Label_Encoder's BatchNorm in training mode (batch statistics,
     running averages still updated). `generate` uses whichever mode the caller sets.
+
+    `clamp_feedback`: a generated frame is clamped to [0, 1] before it becomes the next step's
+    input (training without teacher forcing, and generation). The lab feeds the raw output
+    back (False, its default here); unbounded, a young model's own frames can grow step after
+    step until the loss is no longer finite.
     """
 
-    def __init__(self, f_dim: int = 128, l_dim: int = 32, n_dim: int = 12, d_out_dim: int = 192):
+    def __init__(self, f_dim: int = 128, l_dim: int = 32, n_dim: int = 12, d_out_dim: int = 192,
+                 clamp_feedback: bool = False):
         super().__init__()
-        self.n_dim = n_dim
+        self.n_dim, self.clamp_feedback = n_dim, clamp_feedback
         self.frame_transformation = RGB_Encoder(3, f_dim)
         self.label_transformation = Label_Encoder(3, l_dim)
         self.Gaussian_Predictor = Gaussian_Predictor(f_dim + l_dim, n_dim)
@@ -266,7 +272,7 @@ class DanceVAE(nn.Module):
                 pred = self.Generator(self.Decoder_Fusion(self.frame_transformation(prev),
                                                           l_cur[i], z[i]))  # (B, C, H, W)
                 sse = sse + (pred - cur[i]).pow(2).sum()
-                prev = torch.where(keep, cur[i], pred.detach())
+                prev = torch.where(keep, cur[i], self._feedback(pred.detach()))
         # sum over steps of the per-step mean = total squared error / (B C H W)
         return sse / (b * c * h * w), kld, steps
 
@@ -302,8 +308,8 @@ class DanceVAE(nn.Module):
         """The lab's test protocol: frames (B, T, 3, H, W) from the given first frame
         (B, 3, H, W) and the poses labels (B, T, 3, H, W); frame 0 is the given one and frame t
         is generated from frame t-1 (its own output), pose t and z_t. z: (B, T-1, N_dim, H, W),
-        N(0, I) draws when None. Outputs are not clamped (as in the lab). Pose images are
-        encoded `chunk` steps at a time."""
+        N(0, I) draws when None. Outputs are not clamped (as in the lab; see `clamp_feedback` for
+        what is fed back). Pose images are encoded `chunk` steps at a time."""
         b, t, c, h, w = labels.shape
         out = labels.new_empty(b, t, c, h, w)
         out[:, 0] = first_frame
@@ -316,7 +322,11 @@ class DanceVAE(nn.Module):
                 step = start + i
                 z_t = (labels.new_empty(b, self.n_dim, h, w).normal_() if z is None
                        else z[:, step - 1])
-                prev = self.Generator(self.Decoder_Fusion(self.frame_transformation(prev),
-                                                          l_chunk[i], z_t))
-                out[:, step] = prev
+                out[:, step] = self.Generator(self.Decoder_Fusion(
+                    self.frame_transformation(prev), l_chunk[i], z_t))
+                prev = self._feedback(out[:, step])
         return out
+
+    def _feedback(self, frame: torch.Tensor) -> torch.Tensor:
+        """A generated frame as the next step's input (clamped with `clamp_feedback`)."""
+        return frame.clamp(0.0, 1.0) if self.clamp_feedback else frame

@@ -55,7 +55,7 @@ def prepare(cfg: Config, quiet: bool = False) -> str:
 
 def build_model(cfg: Config) -> DanceVAE:
     return DanceVAE(f_dim=cfg.g_dim, l_dim=cfg.pose_dim, n_dim=cfg.z_dim,
-                    d_out_dim=cfg.fusion_dim)
+                    d_out_dim=cfg.fusion_dim, clamp_feedback=cfg.clamp_feedback)
 
 
 def step(model: DanceVAE, frames: torch.Tensor, labels: torch.Tensor, tf, cfg: Config):
