@@ -86,7 +86,7 @@ def launch(space: Space, storage: str, *, resume_command: str, address: Optional
     data = space.base.get("data")
     if trainable is None and not (joined or resume):
         try:  # a local CVAE sweep: the data is prepared here, once (on clusters, by each node)
-            data = prepare_data(data, skip_bad=bool(space.base.get("skip_bad")))
+            data = prepare_data(data, skip_bad=bool(space.base.get("skip_bad")), base=space.base)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
@@ -136,18 +136,20 @@ def launch(space: Space, storage: str, *, resume_command: str, address: Optional
     return finish(sweep, space, resume_command, report=report) or confirmed
 
 
-def prepare_data(data: Optional[str], skip_bad: bool = False) -> str:
+def prepare_data(data: Optional[str], skip_bad: bool = False,
+                 base: Optional[dict[str, Any]] = None) -> str:
     """Generate the synthetic data (when no data is given) and decode the training and
     validation splits once in the driver, so that concurrent trials find them ready instead
-    of all building them at once (`skip_bad`: bad sequences are listed, not fatal). Returns
-    the dataset root the trials use."""
-    from cvae.data import load_split, resolve_root
+    of all building them at once (`skip_bad`: bad sequences are listed, not fatal). `base`:
+    the space's fixed config, whose task (and preset) says which data (default: bair).
+    Returns the dataset root the trials use."""
+    from cvae.config import from_dict
+    from cvae.tasks import prepare_data as prepare
 
-    root = resolve_root(data)
-    for split in ("train", "validate"):
-        load_split(root, split, skip_bad=skip_bad)
+    fixed = {k: v for k, v in (base or {}).items() if k != "preset"}
+    root = prepare(from_dict({**fixed, "data": data, "skip_bad": skip_bad}), quiet=True)
     print(f"data: {root}", flush=True)
-    return str(root)
+    return root
 
 
 def check_experiment(storage: str, space: Space, resume: bool) -> None:

@@ -67,6 +67,63 @@ def test_smoke_sweep(tmp_path, synth_root):
     check_confirmation(exp, trials, run.stdout + run.stderr)
 
 
+
+DANCE_SPACE = """\
+name: dance-smoke
+num_samples: 4
+base: {preset: dance-tiny, epochs: 4}
+params:
+  lr: {type: loguniform, low: 1.0e-3, high: 5.0e-3}
+  tfr_start_decay_epoch: {type: int, low: 1, high: 2}
+  kl_anneal: {type: categorical, choices: [monotonic, cyclical]}
+  kl_anneal_cycle: {type: int, low: 1, high: 2, when: {kl_anneal: cyclical}}
+points_to_evaluate:
+  - {lr: 0.002, tfr_start_decay_epoch: 1, kl_anneal: monotonic}
+  - {lr: 0.002, tfr_start_decay_epoch: 1, kl_anneal: cyclical, kl_anneal_cycle: 2}
+asha: {grace_period: 1, reduction_factor: 2, brackets: 1}
+resources: {cpu: 1, gpu: 0}
+"""
+
+
+@pytest.mark.slow
+def test_dance_smoke_sweep(tmp_path):
+    """The dance task through the same launcher, trainable and report: 4 dance-tiny trials on
+    tiny synthetic dance data, ASHA stopping some, per-mode tables and test GIFs."""
+    from cvae.tasks.dance import synth
+
+    data = tmp_path / "dance"
+    synth.write_dataset(data, dancers=2, train_len=32, val_len=40, test=2, test_len=20, seed=0,
+                        progress=False)
+    space = tmp_path / "dance-smoke.yaml"
+    space.write_text(DANCE_SPACE)
+    run = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", str(space), "--storage",
+         str(tmp_path / "runs"), "--data", str(data)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    exp = tmp_path / "runs" / "dance-smoke"
+    trials = read(exp / "trials.json")
+    assert len(trials) == 4
+    assert all(t["status"] in ("completed", "early_stopped") for t in trials.values())
+    assert any(t["status"] == "early_stopped" and t["epochs"] < 4 for t in trials.values())
+    check_histories(exp, trials)
+    for t in trials.values():
+        params = read(exp / t["dir"] / "params.json")
+        assert params["task"] == "dance" and params["data"] == str(data)
+        assert all(math.isfinite(r["val_psnr"]) for r in read(exp / t["dir"] / "history.json"))
+    if importlib.util.find_spec("analysis.report") is None:
+        return
+    report = (exp / "report.md").read_text()
+    for mode in ("monotonic", "cyclical"):
+        metrics = read(exp / "media" / mode / "test_metrics.json")
+        assert metrics["task"] == "dance" and (metrics["n_past"], metrics["n_future"]) == (1, 19)
+        assert math.isfinite(metrics["psnr"]) and len(metrics["psnr_per_frame"]) == 19
+        for name in ("test_0.gif", "test_1.gif", "submission.csv", "grid.png"):
+            assert (exp / "media" / mode / name).stat().st_size > 0, (mode, name)
+        assert f"media/{mode}/test_0.gif" in report
+    modes = (exp / "tables" / "modes.csv").read_text()
+    assert "monotonic" in modes and "cyclical" in modes
+
 def tensorboard_events(trial_dir):
     """Every event of a trial's TensorBoard files (TFRecord framing: length, CRC, data, CRC)."""
     import struct
