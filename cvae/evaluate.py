@@ -175,8 +175,9 @@ def save_media(result: dict, media_dir: Path, label: str = "",
     t = len(first["prediction"])
     fps = 20 if t >= LONG else 4  # the dance lab's GIFs play at 25 frames/s
     names = gif_names or ["prediction"]
-    gifs = [visualize.save_gif(media_dir / f"{name}.gif", columns(i), fps=fps, n_past=n_past)
-            for i, name in enumerate(names)]
+    scale = 1 if t >= LONG else 2  # a 630-frame GIF at twice the size takes ~7 MB
+    gifs = [visualize.save_gif(media_dir / f"{name}.gif", columns(i), fps=fps, n_past=n_past,
+                               scale=scale) for i, name in enumerate(names)]
     rows = dict(first)
     if truth:
         rows["|difference|"] = (first["ground truth"] - first["prediction"]).abs()
