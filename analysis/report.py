@@ -27,7 +27,7 @@ from analysis.results import (INCOMPLETE, KEY_PARAMS, MISSING, MODE, NOT_STARTED
 from analysis.tables import Table, all_tables, confirm_tables, fmt
 from cvae import jsonsafe
 
-N_PAST, N_FUTURE = 2, 10  # demo protocol of the test evaluation
+N_PAST, N_FUTURE = 2, 10  # BAIR's test protocol (the dance task has its own)
 UNFINISHED = (MISSING, INCOMPLETE, "running", "pending")  # statuses listed as missing/incomplete
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #bbb;padding:2px 8px}"
@@ -201,9 +201,14 @@ def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, 
     blocks.append(("h", 2, "Plots"))
     for name, path in plots.items():
         blocks += [("h", 3, PLOTS[name][1]), ("img", _rel(path, out), name)]
+    from cvae.evaluate import protocol_words
+
+    scored = [ev.result for ev in evaluations if ev.result]
+    first = scored[0] if scored else {}
+    protocol = protocol_words(int(first.get("n_past", N_PAST)), int(first.get("n_future", N_FUTURE)))
     blocks += [("h", 2, "Test-set evaluation"),
                ("p", "Best trial of each annealing mode, from its kept checkpoint with the highest "
-                     f"`val_psnr`, on the test split: {N_PAST} past -> {N_FUTURE} future frames.")]
+                     f"`val_psnr`, on the test split: {protocol}.")]
     for ev in evaluations:
         blocks += _evaluation(exp, ev, out)
     return blocks
@@ -319,12 +324,15 @@ def _evaluation(exp: Experiment, ev: ModeEvaluation, out: Path) -> list[tuple]:
     blocks: list[tuple] = [("h", 3, f"{ev.mode}: trial {ev.trial_id}")]
     if not ev.result:
         return blocks + [("p", ev.note)]
+    from cvae.evaluate import baseline_name
+
     r, media = ev.result, ev.result.get("media") or {}
     blocks.append(("ul", [
         f"checkpoint `{_rel(ev.checkpoint, exp.path)}` (epoch {ev.epoch})",
         f"PSNR **{fmt(float(r['psnr']))} dB**, SSIM {fmt(float(r['ssim']))} over "
         f"{r.get('n_sequences', '-')} test sequences",
-        f"copy-last-frame baseline: PSNR {fmt(float(r['baseline_psnr']))} dB, "
+        f"{baseline_name(int(r.get('n_past', N_PAST)))} (baseline): PSNR "
+        f"{fmt(float(r['baseline_psnr']))} dB, "
         f"SSIM {fmt(float(r['baseline_ssim']))}",
         f"Traceability: keys `psnr`, `ssim`, `baseline_psnr`, `baseline_ssim` in "
         f"`media/{ev.mode}/test_metrics.json`",

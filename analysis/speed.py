@@ -1,11 +1,12 @@
-"""How fast a model learns per second of training: seconds to the copy-last baseline + 1 and + 2 dB.
+"""How fast a model learns per second of training: seconds to the copy baseline + 1 and + 2 dB.
 
-Each epoch's result row carries `val_psnr`, the copy-last-frame baseline on the same validation
-sequences (`val_baseline_psnr`) and the epoch's wall time (`epoch_time_s`: training plus
-validation, without Ray's start-up). The seconds to a margin are the sum of `epoch_time_s` up to
-and including the first epoch whose `val_psnr` reaches the baseline plus that margin; None when no
-epoch does (or the run predates `val_baseline_psnr`). Epoch granularity: a run that gets there
-within its first epoch is counted at the end of that epoch.
+Each epoch's result row carries `val_psnr`, the copy baseline's PSNR on the same validation
+sequences (`val_baseline_psnr`: BAIR's last given frame, the dance task's first frame repeated)
+and the epoch's wall time (`epoch_time_s`: training plus validation, without Ray's start-up).
+The seconds to a margin are the sum of `epoch_time_s` up to and including the first epoch
+whose `val_psnr` reaches the baseline plus that margin; None when no epoch does (or the run
+predates `val_baseline_psnr`). Epoch granularity: a run that gets there within its first epoch
+is counted at the end of that epoch.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Optional
 
 import pandas as pd
 
-MARGINS = (1.0, 2.0)  # dB over the copy-last baseline
+MARGINS = (1.0, 2.0)  # dB over the copy baseline
 
 
 def margin_label(margin: float) -> str:

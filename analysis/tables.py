@@ -19,6 +19,7 @@ import pandas as pd
 from analysis.results import CYCLES, LR, MODE, TFR_START, Experiment, spec_choices
 from analysis.speed import seconds_to_quality
 
+COPY_BASELINE = "the copy baseline: BAIR's last given frame, the dance task's first frame repeated"
 SINGLE_RUNS = ("Each trial is a single run with one seed: a gap between trials can be seed "
                "noise (the confirmation tables, when present, give means over seeds).")
 
@@ -103,7 +104,8 @@ def mode_table(exp: Experiment, test_psnr: Mapping[str, float]) -> Table:
                  f"trials = trial dirs with result.json rows per `{MODE}` (params.json); "
                  "best/median val PSNR = max of `val_psnr` over each trial's result.json, then "
                  "max/median over the mode's trials; test PSNR = `psnr` of evaluate_checkpoint on "
-                 "the best trial's best kept checkpoint (test split, 2 past -> 10 future); "
+                 "the best trial's best kept checkpoint (test split; BAIR: 2 past -> 10 future, "
+                 "dance: the lab's 630-frame protocol); "
                  f"lr/tfr decay start/cycles = `{LR}`/`{TFR_START}`/`{CYCLES}` of the best trial's "
                  "params.json ('-': not a cyclical mode); epochs run = last `epoch` in its "
                  f"result.json. {SINGLE_RUNS}")
@@ -181,23 +183,23 @@ def compute_table(exp: Experiment) -> Table:
 
 
 def speed_table(exp: Experiment, k: int) -> Table:
-    """Learning speed of the k best trials: training seconds to the copy-last baseline + 1 dB and
+    """Learning speed of the k best trials: training seconds to the copy baseline + 1 dB and
     + 2 dB on the validation split (analysis.speed)."""
     rows = []
     for _, trial in exp.ranked().head(k).iterrows():
         history = exp.trial_history(trial["trial_id"])
         base = history["val_baseline_psnr"].dropna()
         rows.append({"trial": trial["trial_id"], "mode": trial[MODE], "lr": trial[LR],
-                     "copy-last val PSNR": base.iloc[-1] if len(base) else math.nan,
+                     "copy baseline val PSNR": base.iloc[-1] if len(base) else math.nan,
                      "best val PSNR": trial["best_val_psnr"], "epochs": trial["epochs"],
                      **{f"seconds to {key}": math.nan if v is None else v
                         for key, v in seconds_to_quality(history).items()}})
     return Table("speed", f"Learning speed of the top {k} trials: training seconds to the "
-                 "copy-last baseline + 1 and + 2 dB", pd.DataFrame(rows),
-                 "`val_baseline_psnr` (copy-last-frame PSNR on the validation sequences scored "
-                 "each epoch) and `epoch_time_s` (training + validation, without Ray start-up) "
-                 "in each trial's result.json; seconds = sum of epoch_time_s up to the first "
-                 "epoch whose `val_psnr` reaches the baseline + margin; '-': not reached "
+                 "copy baseline + 1 and + 2 dB", pd.DataFrame(rows),
+                 f"`val_baseline_psnr` ({COPY_BASELINE}, PSNR on the validation sequences "
+                 "scored each epoch) and `epoch_time_s` (training + validation, without Ray "
+                 "start-up) in each trial's result.json; seconds = sum of epoch_time_s up to the "
+                 "first epoch whose `val_psnr` reaches the baseline + margin; '-': not reached "
                  "(or stopped by ASHA first). " + SINGLE_RUNS)
 
 
@@ -279,12 +281,12 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
              for lv, margins in (summary.get("speed") or {}).items()]
     if speed:
         extra.append(Table(
-            f"{stem}_speed", f"{factor}: training seconds to the copy-last baseline + 1 and + 2 dB",
+            f"{stem}_speed", f"{factor}: training seconds to the copy baseline + 1 and + 2 dB",
             pd.DataFrame(speed),
             f"{stem}/confirm.json `speed` from each run's `seconds_to` (analysis.speed): sum of "
             "`epoch_time_s` up to the first epoch whose `val_psnr` reaches `val_baseline_psnr` "
-            "(copy-last on the same validation sequences) + margin; reached = runs that got "
-            "there, of those run; median over the runs that got there."))
+            f"({COPY_BASELINE}, on the same validation sequences) + margin; reached = runs "
+            "that got there, of those run; median over the runs that got there."))
     return [
         Table(f"{stem}_levels", f"{factor} over seeds: mean and {level} CI of final PSNR "
               f"({len(summary['seeds'])} seeds per level)", pd.DataFrame(rows),
@@ -292,7 +294,8 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
               f"{seeds}, {summary['epochs']} epochs, no early stopping) of the configuration of "
               f"rank `config` in the sweep; val = the last `val_psnr` of each run's result.json "
               "(a diverged run counts as 0 dB), test = `psnr` of evaluate_checkpoint on its final "
-              f"checkpoint (test split, 2 past -> 10 future); {method} intervals; n = runs "
+              "checkpoint (test split; BAIR: 2 past -> 10 future, dance: the lab's 630-frame "
+              f"protocol); {method} intervals; n = runs "
               "counted, n test = runs with a test evaluation."),
         Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, and paired by seed; Holm-corrected)",
               pd.DataFrame(pairs),

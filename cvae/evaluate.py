@@ -48,7 +48,9 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
     the posterior from the prior on the true frames: per predicted step (summed over latent
     dimensions), per latent dimension (averaged over predicted steps) and the active units
     (Burda et al. 2016: dimensions whose posterior mean varies across inputs with variance
-    > 0.01; each (sequence, predicted step) counts as one input).
+    > 0.01; each (sequence, predicted step) counts as one input). A spatial latent (the dance
+    task's N_dim x H x W) counts its channels as the dimensions: KL summed over positions, and
+    each (sequence, step, position) one input.
     """
     if z not in ("prior", "posterior"):
         raise ValueError(f"z={z!r}: expected 'prior' or 'posterior'")
@@ -106,10 +108,14 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
             scores["base_ssim"].append(base_ssim.cpu())
             if latent:  # q and p of the predicted steps: rows n_past-1.. of steps 1..T-1
                 with torch.random.fork_rng(devices=devices):  # z draws unchanged by this pass
-                    params = model.latents(x)
+                    params = model.latents(x, cond)
                 mu, logvar, mu_p, logvar_p = (v[n_past - 1:].float() for v in params)
-                kls.append(gaussian_kl(mu, logvar, mu_p, logvar_p).cpu())  # (n_future, B, z)
-                mus.append(mu.cpu())
+                # (n_future, B, z) per latent dimension, a spatial latent (the dance task's
+                # (z, H, W)) summed over its positions
+                kl = gaussian_kl(mu, logvar, mu_p, logvar_p)
+                kls.append((kl.flatten(3).sum(3) if kl.dim() > 3 else kl).cpu())
+                # one row per input: (sequence, step), and for a spatial latent each position
+                mus.append(mu.movedim(2, -1).reshape(-1, mu.shape[2]).cpu())
             if len(kept_gt) * batch_size < keep_predictions:
                 kept_gt.append(x.cpu())
                 kept_pred.append(best_pred.cpu())
@@ -130,7 +136,7 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
     }
     if latent:
         kl = torch.cat(kls, 1).double()  # (n_future, N, z_dim)
-        variance = torch.cat(mus, 1).double().flatten(0, 1).var(0, correction=0)  # (z_dim,)
+        variance = torch.cat(mus).double().var(0, correction=0)  # (z_dim,)
         out.update(kl=kl.sum(2).mean().item(), kl_per_step=kl.sum(2).mean(1).tolist(),
                    kl_per_dim=kl.mean((0, 1)).tolist(), posterior_mean_variance=variance.tolist(),
                    active_units=int((variance > ACTIVE_UNIT_THRESHOLD).sum()))
@@ -149,6 +155,14 @@ LONG = 60  # frames from which GIFs play at the dance lab's speed and plots drop
 def baseline_name(n_past: int) -> str:
     """The copy baseline in words: the last given frame repeated."""
     return "copy last frame" if n_past > 1 else "first frame repeated"
+
+
+def protocol_words(n_past: int, n_future: int) -> str:
+    """A test protocol in words (BAIR: 2 past -> 10 future; the dance lab: 1 given -> 629)."""
+    if n_past > 1:
+        return f"{n_past} past -> {n_future} future frames, against the copy-last-frame baseline"
+    return (f"the first frame given -> {n_future} generated frames, against the first frame "
+            "repeated")
 
 
 def save_media(result: dict, media_dir: Path, label: str = "",
@@ -215,9 +229,10 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test",
     """Evaluate a checkpoint on a split of its task with the task's protocol (data=None: the
     data it was trained on, else the embedded synthetic data); with `media_dir`, also write a
     GIF, a grid and a PSNR plot. n_past, n_future: the BAIR protocol's frames (None: 2, 10);
-    the dance protocol is the lab's and ignores them. The dance test split also writes a GIF
-    per test sequence and the lab's submission.csv into `media_dir` (by default test/ beside
-    the checkpoint). `skip_bad` leaves out (and lists) sequences that fail the data checks."""
+    the dance protocol is the lab's and ignores them. The dance test split with z from the
+    prior also writes a GIF per test sequence and the lab's submission.csv into `media_dir` (by
+    default test/ beside the checkpoint). `skip_bad` leaves out (and lists) sequences that fail
+    the data checks."""
     from cvae.checkpoint import load_model
 
     model, cfg, stats = load_model(path, device)
@@ -225,7 +240,9 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test",
     root = task.resolve_root(data if data is not None else cfg.data)
     dataset, n_past, n_future = task.eval_setup(root, split, cfg, stats, n_past, n_future,
                                                 skip_bad=skip_bad)
-    lab_test = cfg.task == "dance" and split == "test"
+    # the lab's test outputs (a GIF per sequence, submission.csv) are made from the prior, as
+    # the lab's tester does: z from the posterior would have seen the frames it predicts
+    lab_test = cfg.task == "dance" and split == "test" and z == "prior"
     if lab_test and media_dir is None:
         media_dir = default_test_outputs(path)
     n = len(dataset) if max_sequences <= 0 else min(max_sequences, len(dataset))

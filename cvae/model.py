@@ -370,10 +370,13 @@ class SVG(nn.Module):
 
     # -------------------------------------------------------------- generation
     @torch.no_grad()
-    def latents(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def latents(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None
+                ) -> tuple[torch.Tensor, ...]:
         """Posterior q(z_t | x_1:t) and prior parameters of steps t = 1..T-1 on ground-truth
         frames x (B, T, 3, 64, 64), as in the teacher-forced training pass: (mu, logvar, mu_p,
-        logvar_p), each (T-1, B, z_dim); the fixed prior's are zeros."""
+        logvar_p), each (T-1, B, z_dim); the fixed prior's are zeros. `cond` is not used (SVG's
+        posterior and prior see frames only; the argument is the interface shared with tasks
+        whose posterior sees the conditions)."""
         h, _ = self.encode(x)  # (T, B, g)
         post_state = prior_state = None
         rows = []

@@ -191,7 +191,7 @@ class Trainer:
                            **self.data.validation_protocol())
             row.update(val_psnr=val["psnr"], val_ssim=val["ssim"],
                        val_psnr_best=max(best, val["psnr"]),
-                       val_baseline_psnr=val["baseline_psnr"])  # copy-last, same sequences
+                       val_baseline_psnr=val["baseline_psnr"])  # the copy baseline, same sequences
         row["epoch_time_s"] = time.time() - start
         self.history.append(row)
         return row
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
     visualize.plot_curves(out / "curves.png", history, title=f"preset {args.preset}")
-    from cvae.evaluate import evaluate_checkpoint
+    from cvae.evaluate import baseline_name, evaluate_checkpoint
     result = evaluate_checkpoint(out / "checkpoint", data=cfg.data, split="test",
                                  n_past=cfg.n_past, n_future=cfg.eval_n_future,
                                  media_dir=out, device=str(select_device(cfg.device)),
@@ -295,11 +295,6 @@ def run(args: argparse.Namespace) -> int:
           f"{result['baseline_psnr']:.2f}), SSIM {result['ssim']:.4f}; wrote {out}/ metrics.csv "
           f"curves.png {' '.join(media)} test_metrics.json checkpoint/", file=sys.stderr)
     return 0
-
-
-def baseline_name(n_past: int) -> str:
-    """The copy baseline in words: the last given frame repeated."""
-    return "copy last frame" if n_past > 1 else "first frame repeated"
 
 
 def register(subparsers) -> None:

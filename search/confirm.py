@@ -13,7 +13,7 @@ The runs form their own Ray Tune experiment in `<EXPERIMENT_DIR>/confirm-<factor
 directory per run (`c<rank>-<level>-s<seed>`), with the sweep's resource model (resources.cpu
 and resources.gpu of sweep.json, search.cluster). Running the same command again continues it:
 finished runs are kept, runs cut short (Ctrl-C, a lost machine) start again from scratch. Each
-run's final checkpoint is scored on the test split (cvae.evaluate, 2 past -> 10 future frames;
+run's final checkpoint is scored on the test split (cvae.evaluate, the task's test protocol;
 kept in the run's test_metrics.json), and `confirm.json` holds every run's final val_psnr and test
 PSNR, per level the mean and 95% confidence interval over seeds and the pairwise Welch tests with
 Holm correction (analysis.stats). The sweep's report (analysis.report) shows them.
@@ -121,9 +121,10 @@ def _launch(plan: Plan, trainable: Optional[Callable], *, address: Optional[str]
     from search.launcher import prepare_data
 
     if trainable is None and not (address or os.environ.get("RAY_ADDRESS")):
-        data = plan.runs[0].config.get("data") if plan.runs else None
-        try:  # decoded once here rather than by every run at once
-            root = prepare_data(data)
+        config = plan.runs[0].config if plan.runs else {}
+        try:  # decoded once here rather than by every run at once, for the runs' task
+            root = prepare_data(config.get("data"), skip_bad=bool(config.get("skip_bad")),
+                                base=config)
         except DataError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -3,7 +3,8 @@
 confirm.json holds every run's final val_psnr and test PSNR (the run's test_metrics.json,
 written by search.confirm_runs), per level the mean and 95% confidence interval over seeds, the
 pairwise Welch tests and the tests paired by seed with Holm correction (analysis.stats), what
-each schedule did to the latent and the seconds to reach copy-last + 1/+2 dB (analysis.speed).
+each schedule did to the latent and the seconds to reach the copy baseline + 1/+2 dB
+(analysis.speed).
 """
 from __future__ import annotations
 

@@ -272,6 +272,31 @@ def test_ctrl_c_then_the_same_command_continues_without_rerunning_finished_seeds
     assert all(r["val_psnr"] == pytest.approx(final) for r in summary["runs"])
 
 
+def test_the_runs_data_is_prepared_for_their_task(tmp_path, monkeypatch, capsys):
+    """search.confirm decodes the data once before Ray starts: that of the runs' task (a dance
+    sweep's confirmation must not prepare the BAIR data)."""
+    import cvae.tasks
+    from cvae.data import DataError
+    from search import confirm
+
+    plan = make_plan(make_experiment(tmp_path), seeds=1, levels=["none"])
+    seen = []
+
+    def prepare(cfg, quiet=False):
+        seen.append((cfg.task, cfg.data))
+        raise DataError("stop here")
+
+    monkeypatch.setattr(cvae.tasks, "prepare_data", prepare)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    for task in ("bair", "dance"):
+        for run in plan.runs:
+            run.config.update(task=task, data=None)
+        assert confirm._launch(plan, None, address=None, max_concurrent=None, ci_method="t",
+                               debug=False) == 2
+    assert seen == [("bair", None), ("dance", None)]
+    assert capsys.readouterr().err.count("error: stop here") == 2
+
+
 def test_latent_statistics_average_each_levels_runs():
     from search.confirm import latent_statistics
 

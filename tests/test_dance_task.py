@@ -234,6 +234,27 @@ def test_z_from_the_posterior_reaches_the_generator(dance_root):
     assert runs[2]["z"] == "posterior" and math.isfinite(runs[2]["psnr"])
 
 
+def test_latents_give_the_training_kl_and_active_units_per_channel(dance_root):
+    """model.latents on true frames and poses is the teacher-forced pass's posterior: its KL
+    from N(0, I), summed and divided by the batch, is the step's kld; evaluate(latent=True)
+    reports it per step, per channel of the spatial latent, and the active channels."""
+    from cvae.model import gaussian_kl
+
+    torch.manual_seed(0)
+    model = tasks.get("dance").build_model(tiny(dance_root, z_dim=4)).eval()
+    frames, labels = torch.rand(2, 5, 3, 32, 64), torch.rand(2, 5, 3, 32, 64)
+    with torch.no_grad():
+        _, kld, _ = model(frames, labels, True)
+        mu, logvar, mu_p, logvar_p = model.latents(frames, labels, chunk=3)
+    assert mu.shape == (4, 2, 4, 32, 64) and not mu_p.any() and not logvar_p.any()
+    assert gaussian_kl(mu, logvar, mu_p, logvar_p).sum() / 2 == pytest.approx(kld.item(),
+                                                                              rel=1e-5)
+    r = evaluate(model, ValSequence(dance_root, 12), 1, 11, latent=True)
+    assert len(r["kl_per_step"]) == 11 and len(r["kl_per_dim"]) == 4
+    assert r["kl"] == pytest.approx(sum(r["kl_per_dim"]), rel=1e-6)
+    assert r["active_units"] == sum(v > 0.01 for v in r["posterior_mean_variance"])
+
+
 # ------------------------------------------------------------------ command lines
 
 def test_train_cli_writes_every_artifact(tiny_run):
@@ -285,6 +306,10 @@ def test_evaluate_test_split_without_ground_truth_still_writes_outputs(tiny_run,
     again = np.loadtxt(tmp_path / "submission.csv", delimiter=",", skiprows=1)
     assert np.array_equal(rows, again)  # the same generated frames, seed 0 both times
     assert math.isfinite(with_truth["psnr"])
+    # z from the posterior has seen the frames it predicts: no submission or GIFs from it
+    posterior = evaluate_checkpoint(tiny_run[0] / "checkpoint", split="test", z="posterior")
+    assert math.isfinite(posterior["psnr"]) and "submission_rows" not in posterior
+    assert np.array_equal(np.loadtxt(media / "submission.csv", delimiter=",", skiprows=1), rows)
 
 
 def test_bad_dance_data_is_one_line_and_exit_2(dance_root, tmp_path, capsys):

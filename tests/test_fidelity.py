@@ -87,7 +87,7 @@ class _KnownLatents(nn.Module):
     dimension 1 is constant (inactive); predictions copy the last context frame, or the true
     frames when given them (so the posterior path is visible in the PSNR)."""
 
-    def latents(self, x):
+    def latents(self, x, cond=None):
         b, t = x.shape[:2]
         mu = torch.zeros(t - 1, b, 2, dtype=x.dtype)
         mu[..., 0] = torch.linspace(-1, 1, b)  # variance across inputs > 0.01

@@ -82,6 +82,7 @@ points_to_evaluate:
   - {lr: 0.002, tfr_start_decay_epoch: 1, kl_anneal: cyclical, kl_anneal_cycle: 2}
 asha: {grace_period: 1, reduction_factor: 2, brackets: 1}
 resources: {cpu: 1, gpu: 0}
+confirm: {seeds: 2, levels: [monotonic, cyclical], epochs: 2}
 """
 
 
@@ -123,6 +124,16 @@ def test_dance_smoke_sweep(tmp_path):
         assert f"media/{mode}/test_0.gif" in report
     modes = (exp / "tables" / "modes.csv").read_text()
     assert "monotonic" in modes and "cyclical" in modes
+    assert "the first frame given -> 19 generated frames" in report
+    assert "first frame repeated (baseline)" in report and "copy last frame" not in report
+    # the confirmation scores each run with the dance protocol (its test GIFs from the prior)
+    summary = read(exp / "confirm-kl_anneal" / "confirm.json")
+    assert summary["finished"] and len(summary["runs"]) == 4
+    for r in summary["runs"]:
+        assert r["status"] == "completed" and r["epochs"] == 2
+        assert all(math.isfinite(r[k]) for k in ("val_psnr", "test_psnr", "baseline_psnr")), r
+        scored = read(exp / "confirm-kl_anneal" / r["name"] / "test_metrics.json")
+        assert (scored["n_past"], scored["n_future"]) == (1, 19)
 
 def tensorboard_events(trial_dir):
     """Every event of a trial's TensorBoard files (TFRecord framing: length, CRC, data, CRC)."""

@@ -276,6 +276,23 @@ class DanceVAE(nn.Module):
         # sum over steps of the per-step mean = total squared error / (B C H W)
         return sse / (b * c * h * w), kld, steps
 
+    def latents(self, x: torch.Tensor, cond: torch.Tensor, chunk: int = 64
+                ) -> tuple[torch.Tensor, ...]:
+        """Posterior q(z_t | x_t, p_t) and prior parameters of steps t = 1..T-1 on the true
+        frames x and poses cond (B, T, 3, H, W), as in the teacher-forced training pass:
+        (mu, logvar, mu_p, logvar_p), each (T-1, B, N_dim, H, W); the prior N(0, I)'s are
+        zeros. Steps are encoded `chunk` at a time."""
+        b, t, c, h, w = x.shape
+        rows = []
+        for s in range(1, t, chunk):
+            n = min(chunk, t - s)
+            f = self.frame_transformation(x[:, s:s + n].transpose(0, 1).reshape(n * b, c, h, w))
+            pose = cond[:, s:s + n].transpose(0, 1).reshape(n * b, c, h, w)
+            _, mu, logvar = self.Gaussian_Predictor(f, self.label_transformation(pose, steps=n))
+            rows += [mu.view(n, b, -1, h, w), logvar.view(n, b, -1, h, w)]
+        mu, logvar = torch.cat(rows[0::2]), torch.cat(rows[1::2])
+        return mu, logvar, torch.zeros_like(mu), torch.zeros_like(logvar)
+
     @torch.no_grad()
     def predict(self, x_ctx: torch.Tensor, cond: torch.Tensor, n_future: int,
                 x_future: Optional[torch.Tensor] = None, chunk: int = 64) -> torch.Tensor:
