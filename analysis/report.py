@@ -205,7 +205,8 @@ def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, 
 
     scored = [ev.result for ev in evaluations if ev.result]
     first = scored[0] if scored else {}
-    protocol = protocol_words(int(first.get("n_past", N_PAST)), int(first.get("n_future", N_FUTURE)))
+    protocol = protocol_words(int(first.get("n_past", N_PAST)),
+                              int(first.get("n_future", N_FUTURE)))
     blocks += [("h", 2, "Test-set evaluation"),
                ("p", "Best trial of each annealing mode, from its kept checkpoint with the highest "
                      f"`val_psnr`, on the test split: {protocol}.")]

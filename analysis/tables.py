@@ -20,6 +20,7 @@ from analysis.results import CYCLES, LR, MODE, TFR_START, Experiment, spec_choic
 from analysis.speed import seconds_to_quality
 
 COPY_BASELINE = "the copy baseline: BAIR's last given frame, the dance task's first frame repeated"
+TEST_PROTOCOL = "test split; BAIR: 2 past -> 10 future, dance: the lab's 630-frame protocol"
 SINGLE_RUNS = ("Each trial is a single run with one seed: a gap between trials can be seed "
                "noise (the confirmation tables, when present, give means over seeds).")
 
@@ -104,8 +105,7 @@ def mode_table(exp: Experiment, test_psnr: Mapping[str, float]) -> Table:
                  f"trials = trial dirs with result.json rows per `{MODE}` (params.json); "
                  "best/median val PSNR = max of `val_psnr` over each trial's result.json, then "
                  "max/median over the mode's trials; test PSNR = `psnr` of evaluate_checkpoint on "
-                 "the best trial's best kept checkpoint (test split; BAIR: 2 past -> 10 future, "
-                 "dance: the lab's 630-frame protocol); "
+                 f"the best trial's best kept checkpoint ({TEST_PROTOCOL}); "
                  f"lr/tfr decay start/cycles = `{LR}`/`{TFR_START}`/`{CYCLES}` of the best trial's "
                  "params.json ('-': not a cyclical mode); epochs run = last `epoch` in its "
                  f"result.json. {SINGLE_RUNS}")
@@ -294,8 +294,7 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
               f"{seeds}, {summary['epochs']} epochs, no early stopping) of the configuration of "
               f"rank `config` in the sweep; val = the last `val_psnr` of each run's result.json "
               "(a diverged run counts as 0 dB), test = `psnr` of evaluate_checkpoint on its final "
-              "checkpoint (test split; BAIR: 2 past -> 10 future, dance: the lab's 630-frame "
-              f"protocol); {method} intervals; n = runs "
+              f"checkpoint ({TEST_PROTOCOL}); {method} intervals; n = runs "
               "counted, n test = runs with a test evaluation."),
         Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, and paired by seed; Holm-corrected)",
               pd.DataFrame(pairs),

@@ -113,7 +113,7 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
                 # (n_future, B, z) per latent dimension, a spatial latent (the dance task's
                 # (z, H, W)) summed over its positions
                 kl = gaussian_kl(mu, logvar, mu_p, logvar_p)
-                kls.append((kl.flatten(3).sum(3) if kl.dim() > 3 else kl).cpu())
+                kls.append(kl.reshape(*kl.shape[:3], -1).sum(3).cpu())
                 # one row per input: (sequence, step), and for a spatial latent each position
                 mus.append(mu.movedim(2, -1).reshape(-1, mu.shape[2]).cpu())
             if len(kept_gt) * batch_size < keep_predictions:
@@ -158,11 +158,11 @@ def baseline_name(n_past: int) -> str:
 
 
 def protocol_words(n_past: int, n_future: int) -> str:
-    """A test protocol in words (BAIR: 2 past -> 10 future; the dance lab: 1 given -> 629)."""
-    if n_past > 1:
-        return f"{n_past} past -> {n_future} future frames, against the copy-last-frame baseline"
-    return (f"the first frame given -> {n_future} generated frames, against the first frame "
-            "repeated")
+    """A test protocol and its baseline in words (BAIR: 2 past -> 10 future; the dance lab: the
+    first frame given -> 629 generated)."""
+    frames = (f"{n_past} past -> {n_future} future frames" if n_past > 1
+              else f"the first frame given -> {n_future} generated frames")
+    return f"{frames}, against the baseline {baseline_name(n_past)}"
 
 
 def save_media(result: dict, media_dir: Path, label: str = "",

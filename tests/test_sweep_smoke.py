@@ -124,7 +124,8 @@ def test_dance_smoke_sweep(tmp_path):
         assert f"media/{mode}/test_0.gif" in report
     modes = (exp / "tables" / "modes.csv").read_text()
     assert "monotonic" in modes and "cyclical" in modes
-    assert "the first frame given -> 19 generated frames" in report
+    assert ("the first frame given -> 19 generated frames, against the baseline first frame "
+            "repeated") in report
     assert "first frame repeated (baseline)" in report and "copy last frame" not in report
     # the confirmation scores each run with the dance protocol (its test GIFs from the prior)
     summary = read(exp / "confirm-kl_anneal" / "confirm.json")

@@ -276,6 +276,7 @@ class DanceVAE(nn.Module):
         # sum over steps of the per-step mean = total squared error / (B C H W)
         return sse / (b * c * h * w), kld, steps
 
+    @torch.no_grad()
     def latents(self, x: torch.Tensor, cond: torch.Tensor, chunk: int = 64
                 ) -> tuple[torch.Tensor, ...]:
         """Posterior q(z_t | x_t, p_t) and prior parameters of steps t = 1..T-1 on the true
@@ -307,16 +308,9 @@ class DanceVAE(nn.Module):
             raise ValueError(f"{n_given} given frames: the dance protocol gives the first only")
         labels = cond[:, :1 + n_future]
         z = None
-        if x_future is not None:  # posterior draws, `chunk` steps at a time, step-major
-            zs = []
-            for s in range(0, n_future, chunk):
-                m = min(chunk, n_future - s)
-                f = self.frame_transformation(
-                    x_future[:, s:s + m].transpose(0, 1).reshape(m * b, c, h, w))
-                pose = labels[:, 1 + s:1 + s + m].transpose(0, 1).reshape(m * b, c, h, w)
-                z_s, _, _ = self.Gaussian_Predictor(f, self.label_transformation(pose, steps=m))
-                zs.append(z_s.view(m, b, -1, h, w))
-            z = torch.cat(zs).transpose(0, 1)  # (B, n_future, N, H, W)
+        if x_future is not None:  # posterior draws (reparameterized), step-major -> batch-major
+            mu, logvar, _, _ = self.latents(torch.cat([x_ctx, x_future], 1), labels, chunk)
+            z = (mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)).transpose(0, 1)
         return self.generate(x_ctx[:, 0], labels, z=z, chunk=chunk)[:, 1:]
 
     @torch.no_grad()
