@@ -16,9 +16,12 @@ def _add_task_option(parser: argparse.ArgumentParser, command: str) -> None:
     from cvae.config import TASKS
 
     parser.add_argument("--task", default="bair", choices=TASKS,
-                        help="the lab whose data this is (default: bair)")
+                        help="the task whose data this is (default: bair)")
     if command == "synth":
-        tasks.get("dance").add_synth_arguments(parser)
+        for name in TASKS:
+            add = getattr(tasks.get(name), "add_synth_arguments", None)
+            if add:
+                add(parser)
     runner = "run_synth" if command == "synth" else "run_check"
     parser.set_defaults(func=lambda args: getattr(tasks.get(args.task), runner)(args))
 

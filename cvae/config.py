@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 KL_ANNEAL_MODES = ("monotonic", "cyclical", "cyclical-sigmoid", "none")
-TASKS = ("bair", "dance")  # cvae.tasks: one sub-package per lab
+TASKS = ("bair", "dance", "smmnist")  # cvae.tasks: one per lab or benchmark
 
 # The labs' own flag names (their argument parsers) and the Config field each one is here; a
 # key spelt the lab's way is an error naming the field (`lab_name_hint`), never a silent alias.
@@ -29,7 +29,8 @@ LAB_NAMES = {
 
 @dataclass
 class Config:
-    task: str = "bair"  # the lab: "bair" (SVG on robot pushing) or "dance" (pose-conditioned)
+    task: str = "bair"  # "bair" (SVG on robot pushing), "dance" (the pose-conditioned lab) or
+    # "smmnist" (SVG's Stochastic Moving MNIST, unconditional: the future is in the latent)
     # data
     data: Optional[str] = None  # dataset root in the task's layout; None = embedded synthetic data
     normalize_conditions: bool = True  # standardize actions/positions with train-split statistics
@@ -63,6 +64,8 @@ class Config:
     chunk: int = 0  # steps batched per call in the training pass (0: all; a speed knob only)
     clamp_feedback: bool = False  # clamp generated frames to [0, 1] before feeding them back
     # (the lab feeds the raw, unbounded output back)
+    # smmnist task (ignored by the others)
+    digits: int = 2  # digits per sequence (SVG's num_digits)
     # optimization
     lr: float = 0.002
     lr_milestones: str = ""  # epochs at which lr is multiplied by lr_gamma, e.g. "2,5"
@@ -162,6 +165,7 @@ def validate(cfg: Config) -> None:
     if cfg.task == "dance":  # the template's blocks divide these channel counts
         for key, k in (("g_dim", 8), ("z_dim", 4), ("pose_dim", 2), ("fusion_dim", 8)):
             need(getattr(cfg, key) % k == 0, key, f"a multiple of {k} for the dance model")
+    need(cfg.digits in (1, 2, 3), "digits", "1, 2 or 3")
     need(cfg.clip_len >= 2, "clip_len", "an integer >= 2")
     need(cfg.val_len >= 2, "val_len", "an integer >= 2")
     need(0 < cfg.partial <= 1, "partial", "a number in (0, 1]")
@@ -278,6 +282,28 @@ PRESETS: dict[str, dict[str, Any]] = {
                       tfr_lower_bound=0.5, kl_anneal="none", kl_anneal_cycle=2,
                       kl_anneal_ratio=0.5, beta_min=0.0, beta_max=1e-4, grad_clip=1.0,
                       clamp_feedback=True, init="torch", threads=1),
+    # SVG's SM-MNIST (train_svg_lp.py defaults and its README command: --num_digits 2
+    # --g_dim 128 --z_dim 10 --beta 0.0001): SVG-LP, constant beta, always teacher forced,
+    # 5 given frames; evaluated 5 -> 25 (n_eval 30)
+    "smmnist-lab": dict(task="smmnist", digits=2, width=1.0, g_dim=128, z_dim=10, rnn_size=256,
+                        predictor_rnn_layers=2, posterior_rnn_layers=1, prior_rnn_layers=1,
+                        learned_prior=True, lr=0.002, batch_size=100, epoch_size=600,
+                        epochs=300, n_past=5, n_future=10, eval_n_future=25, tfr=1.0,
+                        tfr_lower_bound=1.0, kl_anneal="none", beta_max=1e-4,
+                        val_sequences=256, init="svg"),
+    # the latent carries the future within minutes on two cores (README, SM-MNIST task)
+    "smmnist-cpu": dict(task="smmnist", digits=1, width=0.125, g_dim=64, z_dim=8,
+                        rnn_size=128, predictor_rnn_layers=2, posterior_rnn_layers=1,
+                        prior_rnn_layers=1, learned_prior=False, lr=0.002, batch_size=8,
+                        epoch_size=100, epochs=8, n_past=2, n_future=10, eval_n_future=10,
+                        tfr=1.0, tfr_lower_bound=1.0, kl_anneal="monotonic",
+                        kl_anneal_unit="step", kl_anneal_ratio=0.5, beta_max=1e-4,
+                        val_sequences=64, init="torch"),
+    "smmnist-tiny": dict(task="smmnist", digits=1, width=0.0625, g_dim=16, z_dim=4,
+                         rnn_size=32, predictor_rnn_layers=1, posterior_rnn_layers=1, lr=0.002,
+                         batch_size=4, epoch_size=4, epochs=2, n_past=2, n_future=4,
+                         eval_n_future=4, tfr=1.0, tfr_start_decay_epoch=1,
+                         kl_anneal="monotonic", beta_max=1e-4, val_sequences=8, threads=1),
     "dance-tiny": dict(task="dance", g_dim=8, pose_dim=8, z_dim=4, fusion_dim=16, lr=2e-3,
                        batch_size=2, epoch_size=2, epochs=2, clip_len=4, val_len=12, tfr=1.0,
                        tfr_start_decay_epoch=1, tfr_decay_step=0.5, kl_anneal="monotonic",

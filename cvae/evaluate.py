@@ -38,7 +38,9 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
     `dataset`: a task's sequences (`len`, `batch(idx, starts, seq_len)` -> frames (B, T, 3,
     H, W) and conditions (B, T, ...)); where it has no ground truth (`has_truth` False: the
     dance lab's test split) the scores are NaN and only the predictions count.
-    Returns mean and per-frame PSNR/SSIM of the model and of the copy-last-frame baseline;
+    Returns mean and per-frame PSNR/SSIM of the model and of the copy-last-frame baseline,
+    and the PSNR of the first of the `samples` draws (`first_sample_psnr`: one sample, on the
+    same sequences, what the best of N is measured against);
     with `keep_predictions` = k, also the first k sequences' ground truth and prediction (and
     their conditions, when those are images).
     `shuffle_conditions` gives each sequence the conditions of another one (a derangement), or
@@ -67,7 +69,7 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
     if shuffle_conditions:
         perm = (np.arange(n) + 1 + gen.integers(max(1, n - 1))) % n if n > 1 else perm
     roll = t // 2 if shuffle_conditions and n == 1 else 0  # one sequence: its own, shifted
-    scores = {k: [] for k in ("psnr", "ssim", "base_psnr", "base_ssim")}
+    scores = {k: [] for k in ("psnr", "ssim", "base_psnr", "base_ssim", "first_psnr")}
     kls, mus = [], []
     kept_gt, kept_pred, kept_cond = [], [], []
     devices = [device] if torch.device(device).type == "cuda" else []
@@ -95,6 +97,7 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
                 p, s = score(pred)  # (B, n_future)
                 if best_ssim is None:
                     best_psnr, best_ssim, best_pred = p, s, pred
+                    scores["first_psnr"].append(p.cpu())  # one sample: best-of-N's reference
                 else:
                     better = s.mean(1) > best_ssim.mean(1)  # SVG: best sample by mean SSIM
                     best_psnr = torch.where(better[:, None], p, best_psnr)
@@ -127,6 +130,7 @@ def evaluate(model, dataset, n_past: int = 2, n_future: int = 10, samples: int =
         "shuffle_conditions": shuffle_conditions, "z": z, "ssim_kind": ssim_kind,
         "ground_truth_available": truth,
         "psnr": per["psnr"].mean().item(), "ssim": per["ssim"].mean().item(),
+        "first_sample_psnr": per["first_psnr"].mean().item(),
         "baseline_psnr": per["base_psnr"].mean().item(),
         "baseline_ssim": per["base_ssim"].mean().item(),
         "psnr_per_frame": per["psnr"].mean(0).tolist(),
@@ -268,6 +272,39 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test",
     for key in ("ground_truth", "prediction", "conditions"):
         result.pop(key, None)
     return result
+
+
+def score_checkpoint(path, device: str = "cpu", samples: int = 1, sample_sequences: int = 64,
+                     latent_sequences: int = 64) -> dict:
+    """What a confirmation keeps of a run, with the model and its data loaded once: the test
+    split with z from the prior (the protocol) and from the posterior (what z carries); with
+    `samples` > 1, SVG's best of N prior samples by SSIM and the first sample, on the first
+    `sample_sequences` test sequences; the latent statistics (KL per dimension, active units)
+    on the first `latent_sequences` validation sequences."""
+    from cvae.checkpoint import load_model
+
+    model, cfg, stats = load_model(path, device)
+    task = tasks.get(cfg.task)
+    root = task.resolve_root(cfg.data)
+    test, n_past, n_future = task.eval_setup(root, "test", cfg, stats, None, None)
+    r = evaluate(model, test, n_past, n_future, device=device)
+    keep = {k: r[k] for k in ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "n_sequences",
+                              "n_past", "n_future")}
+    keep["posterior_psnr"] = (evaluate(model, test, n_past, n_future, device=device,
+                                       z="posterior")["psnr"]
+                              if r["ground_truth_available"] else None)
+    if samples > 1 and r["ground_truth_available"]:
+        best = evaluate(model, test, n_past, n_future, device=device, samples=samples,
+                        max_sequences=sample_sequences)
+        keep.update(samples=samples, best_of_n_psnr=best["psnr"],
+                    best_of_n_sequences=best["n_sequences"],
+                    first_sample_psnr=best["first_sample_psnr"])
+    val, v_past, v_future = task.eval_setup(root, "validate", cfg, stats, None, None)
+    lat = evaluate(model, val, v_past, v_future, device=device, latent=True,
+                   max_sequences=latent_sequences)
+    keep.update(val_kl=lat.get("kl"), val_kl_per_dim=lat.get("kl_per_dim"),
+                active_units=lat.get("active_units"))
+    return keep
 
 
 def _print_result(r: dict) -> None:

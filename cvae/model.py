@@ -240,8 +240,14 @@ class VectorCondition(nn.Module):
         super().__init__()
         self.out_dim = cond_dim
 
-    def forward(self, c: torch.Tensor) -> torch.Tensor:
-        return c
+    def forward(self, c: Optional[torch.Tensor], x: torch.Tensor,
+                steps: Optional[int] = None) -> torch.Tensor:
+        """Conditions (B, T, cond_dim) as they are; None (an unconditional model) becomes
+        (B, T, 0), adding nothing to the predictor's input, for frames x (B, T, ...) or
+        `steps` frames."""
+        if c is not None:
+            return c
+        return x.new_zeros(x.shape[0], steps or x.shape[1], 0)
 
 
 @dataclass
@@ -257,13 +263,15 @@ class SVG(nn.Module):
     """The conditional VAE. Step t (1..T-1) predicts x_t from the condition c_t, the encoding of
     x_{t-1} (ground truth, or the model's own prediction when not teacher forced) and z_t."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, channels: int = 3, cond_dim: Optional[int] = None):
+        """`channels` of the frames (BAIR: RGB; SM-MNIST: 1); `cond_dim` of the condition
+        vector per frame (None: cfg.cond_dim; 0: unconditional, as SVG's SM-MNIST model)."""
         super().__init__()
         self.n_past, self.last_frame_skip = cfg.n_past, cfg.last_frame_skip
         self.learned_prior, self.z_dim = cfg.learned_prior, cfg.z_dim
-        self.condition = VectorCondition(cfg.cond_dim)
-        self.encoder = Encoder(cfg.g_dim, cfg.width)
-        self.decoder = Decoder(cfg.g_dim, cfg.width)
+        self.condition = VectorCondition(cfg.cond_dim if cond_dim is None else cond_dim)
+        self.encoder = Encoder(cfg.g_dim, cfg.width, channels)
+        self.decoder = Decoder(cfg.g_dim, cfg.width, channels)
         pred_in = self.condition.out_dim + cfg.g_dim + cfg.z_dim
         self.frame_predictor = LSTM(pred_in, cfg.g_dim, cfg.rnn_size, cfg.predictor_rnn_layers)
         self.posterior = GaussianLSTM(cfg.g_dim, cfg.z_dim, cfg.rnn_size, cfg.posterior_rnn_layers)
@@ -287,7 +295,7 @@ class SVG(nn.Module):
         return kl_divergence(mu, logvar, mu_p, logvar_p), prior_state
 
     # -------------------------------------------------------------- training
-    def forward(self, x: torch.Tensor, cond: torch.Tensor,
+    def forward(self, x: torch.Tensor, cond: Optional[torch.Tensor],
                 teacher_forcing: torch.Tensor | bool = True) -> StepOutput:
         """Training loss terms for frames x (B, T, 3, 64, 64) and conditions (B, T, C).
 
@@ -299,12 +307,12 @@ class SVG(nn.Module):
             return self.teacher_forced(x, cond)
         return self.rollout(x, cond, tf)
 
-    def teacher_forced(self, x: torch.Tensor, cond: torch.Tensor) -> StepOutput:
+    def teacher_forced(self, x: torch.Tensor, cond: Optional[torch.Tensor]) -> StepOutput:
         """Every frame goes through the encoder once and the decoder runs once over all
         predicted steps; only the LSTMs step through time."""
         b, t = x.shape[:2]
         h, skips = self.encode(x)  # (T, B, g); skips (T, B, c, s, s)
-        c = self.condition(cond)
+        c = self.condition(cond, x)
         kld = x.new_zeros(())
         post_state = pred_state = prior_state = None
         tops = []
@@ -336,7 +344,7 @@ class SVG(nn.Module):
         mse = err.mean(dim=(1, 2, 3, 4)).sum()  # sum over steps of per-step mean
         return StepOutput(mse, kld, t - 1)
 
-    def rollout(self, x: torch.Tensor, cond: torch.Tensor, tf: torch.Tensor) -> StepOutput:
+    def rollout(self, x: torch.Tensor, cond: Optional[torch.Tensor], tf: torch.Tensor) -> StepOutput:
         """Step-by-step training pass; sequences with tf False get their own predictions as
         input after the context. Ground-truth frames are encoded in one batched call and the
         context frames' skip terms in another."""
@@ -345,7 +353,7 @@ class SVG(nn.Module):
         weights = self.decoder.split_weights()  # once for all steps
         m = min(self.n_past, t - 1)
         ctx_terms = self.decoder.skip_terms([s[:m].flatten(0, 1) for s in skips], weights)
-        c = self.condition(cond)
+        c = self.condition(cond, x)
         mse = kld = x.new_zeros(())
         post_state = pred_state = prior_state = None
         keep = tf.view(b, 1)
@@ -390,7 +398,7 @@ class SVG(nn.Module):
         return tuple(torch.stack(r) for r in zip(*rows))
 
     @torch.no_grad()
-    def predict(self, x_ctx: torch.Tensor, cond: torch.Tensor, n_future: int,
+    def predict(self, x_ctx: torch.Tensor, cond: Optional[torch.Tensor], n_future: int,
                 x_future: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Sample n_future frames after the context x_ctx (B, n_past, 3, 64, 64) given the
         conditions of every frame (B, n_past + n_future, C); z from the posterior over the
@@ -403,7 +411,7 @@ class SVG(nn.Module):
         h_true = self.encode(x_future)[0] if x_future is not None else None  # (n_future, B, g)
         weights = self.decoder.split_weights()
         terms = self.decoder.skip_terms([s[-1] for s in skips], weights)  # last context frame's
-        c = self.condition(cond)
+        c = self.condition(cond, x_ctx, n_past + n_future)
         post_state = pred_state = prior_state = None
         h_in = h_ctx[0]
         out = []

@@ -35,7 +35,8 @@ _, LINE_TOP, _, LINE_BOTTOM = FONT.getbbox("Ag")  # ink extent of a text line be
 
 
 def to_uint8(frames: Frames) -> np.ndarray:
-    """Frames as uint8 (T, H, W, 3), from float (T, 3, H, W) in [0, 1] or uint8 (T, H, W, 3)."""
+    """Frames as uint8 (T, H, W, 3), from float (T, 3, H, W) in [0, 1] (or (T, 1, H, W): grey)
+    or uint8 (T, H, W, 3)."""
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu()
         frames = (frames if frames.dtype == torch.uint8 else frames.float()).numpy()  # bf16 too
@@ -43,6 +44,8 @@ def to_uint8(frames: Frames) -> np.ndarray:
     if frames.ndim == 4 and len(frames) > 0:
         if frames.dtype == np.uint8 and frames.shape[3] == 3:
             return frames
+        if np.issubdtype(frames.dtype, np.floating) and frames.shape[1] == 1:  # grey
+            frames = np.repeat(frames, 3, axis=1)
         if np.issubdtype(frames.dtype, np.floating) and frames.shape[1] == 3:
             return np.round(np.clip(frames, 0.0, 1.0) * 255).astype(np.uint8).transpose(0, 2, 3, 1)
     raise ValueError(

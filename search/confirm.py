@@ -66,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"seeds per level (default: {DEFAULT_SEEDS})")
     p.add_argument("--epochs", type=integer(minimum=1), metavar="N",
                    help="epochs per run (default: the sweep's)")
+    p.add_argument("--best-of", type=integer(minimum=0), default=0, metavar="N",
+                   help="also score each run's best of N prior samples per test sequence by "
+                        "SSIM (SVG's protocol) against one sample, on its first 64 sequences "
+                        "(default: 0, off)")
     p.add_argument("--data", metavar="DIR",
                    help="dataset root in the BAIR layout (default: the sweep's)")
     p.add_argument("--max-concurrent", type=integer(minimum=1), metavar="N",
@@ -89,7 +93,8 @@ def main(argv: Optional[Sequence[str]] = None,
     try:
         args = build_parser().parse_args(argv)
         plan = make_plan(args.experiment, factor=args.factor, levels=args.levels,
-                         top_k=args.top_k, seeds=args.seeds, epochs=args.epochs, data=args.data)
+                         top_k=args.top_k, seeds=args.seeds, epochs=args.epochs, data=args.data,
+                         best_of=args.best_of)
     except ConfirmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

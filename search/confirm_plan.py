@@ -51,6 +51,7 @@ class Plan:
     configs: list[dict[str, Any]]  # per rank: trial, best val PSNR, params of each level
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one-line warnings
+    best_of: int = 0  # > 1: also score SVG's best of this many prior samples per sequence
 
     @property
     def directory(self) -> Path:
@@ -63,7 +64,7 @@ class Plan:
 def make_plan(exp_dir: Path | str, factor: str = DEFAULT_FACTOR,
               levels: Optional[Sequence[Any]] = None, top_k: int = 1,
               seeds: int = DEFAULT_SEEDS, epochs: Optional[int] = None,
-              data: Optional[str] = None) -> Plan:
+              data: Optional[str] = None, best_of: int = 0) -> Plan:
     """The runs of a confirmation of the sweep in `exp_dir` (raises ConfirmError)."""
     try:
         exp = load_experiment(exp_dir)
@@ -82,7 +83,9 @@ def make_plan(exp_dir: Path | str, factor: str = DEFAULT_FACTOR,
     if ranked.empty:
         raise ConfirmError(f"{exp.path}: no trial reported a finite val_psnr without diverging")
     epochs = epochs or exp.epochs
-    plan = Plan(exp.path, exp.sweep, factor, levels, [], epochs, [])
+    if best_of < 0:
+        raise ConfirmError(f"--best-of {best_of}: expected an integer >= 0")
+    plan = Plan(exp.path, exp.sweep, factor, levels, [], epochs, [], best_of=best_of)
     conditional = [p for p, spec in (exp.sweep.get("searched") or {}).items()
                    if factor in ((spec or {}).get("when") or {})]
     for rank, (tid, trial) in enumerate(ranked.head(top_k).iterrows(), start=1):

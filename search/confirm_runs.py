@@ -102,38 +102,30 @@ def evaluate_runs(plan: Plan, device: str = "cpu") -> None:
     """Score the final checkpoint of every finished run on the test split, once: the result
     is kept in the run's test_metrics.json (and redone when the checkpoint changed)."""
     for run in plan.runs:
-        evaluate_run(plan.run_dir(run), plan.epochs, device)
+        evaluate_run(plan.run_dir(run), plan.epochs, device, plan.best_of)
 
 
-def evaluate_run(run_dir: Path, epochs: int, device: str = "cpu") -> None:
-    """evaluate_runs for one run directory (a finished run not yet scored on this checkpoint)."""
-    from cvae.evaluate import evaluate_checkpoint
+def evaluate_run(run_dir: Path, epochs: int, device: str = "cpu", best_of: int = 0) -> None:
+    """evaluate_runs for one run directory (a finished run not yet scored on this checkpoint):
+    cvae.evaluate.score_checkpoint, the best of `best_of` prior samples when > 1."""
+    from cvae.evaluate import score_checkpoint
 
     status, _ = run_state(run_dir, epochs)
     ckpt = final_checkpoint(run_dir)
     if status not in ("completed", "diverged") or ckpt is None:
         return
     kept = read_kept(run_dir / TEST_FILE)
-    if kept and kept.get("checkpoint") == ckpt.name:
+    if kept and kept.get("checkpoint") == ckpt.name and kept.get("samples", 0) >= best_of:
         return
     print(f"confirm: {run_dir.name}: test split, {ckpt.name}", flush=True)
     try:
-        r = evaluate_checkpoint(ckpt, split="test", device=device)
-        # what the schedule did to the latent: z from the posterior on the test split, KL per
-        # dimension and active units on (at most LATENT_SEQUENCES of) the validation split
-        post = evaluate_checkpoint(ckpt, split="test", device=device, z="posterior")
-        val = evaluate_checkpoint(ckpt, split="validate", device=device, latent=True,
-                                  max_sequences=LATENT_SEQUENCES)
+        scores = score_checkpoint(ckpt, device=device, samples=best_of,
+                                  latent_sequences=LATENT_SEQUENCES)
     except Exception as e:  # a failed evaluation leaves test PSNR empty, not the rest
         print(f"warning: {run_dir.name}: the test evaluation failed: {type(e).__name__}: {e}",
               file=sys.stderr)
         return
-    keys = ("psnr", "ssim", "baseline_psnr", "baseline_ssim", "n_sequences", "n_past",
-            "n_future")
-    write_local_json(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **{k: r[k] for k in keys},
-                                           "posterior_psnr": post["psnr"], "val_kl": val["kl"],
-                                           "val_kl_per_dim": val["kl_per_dim"],
-                                           "active_units": val["active_units"]})
+    write_local_json(run_dir / TEST_FILE, {"checkpoint": ckpt.name, **scores})
 
 
 def _one_thread() -> None:
@@ -166,7 +158,8 @@ def _last_checkpoint_name(run_dir: Path) -> Optional[str]:
         return None
 
 
-def evaluate_when_saved(run_dir: Path, epochs: int, device: str, wait_s: float = 120.0) -> None:
+def evaluate_when_saved(run_dir: Path, epochs: int, device: str, best_of: int = 0,
+                        wait_s: float = 120.0) -> None:
     """evaluate_run once the checkpoint named by the run's last result has landed on disk (at
     trial end Tune may still be moving it into place); after `wait_s`, whatever is there (a
     checkpoint that changes later is scored again by evaluate_runs)."""
@@ -178,7 +171,7 @@ def evaluate_when_saved(run_dir: Path, epochs: int, device: str, wait_s: float =
         if (run_dir / named).is_dir():  # there, but no model state in it: give it a moment
             deadline = min(deadline, time.monotonic() + 5.0)
         time.sleep(0.5)
-    evaluate_run(run_dir, epochs, device)
+    evaluate_run(run_dir, epochs, device, best_of)
 
 
 class _EvaluateAsRunsEnd(Callback):
@@ -195,7 +188,7 @@ class _EvaluateAsRunsEnd(Callback):
             self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                             initializer=_one_thread)
         self.pool.submit(evaluate_when_saved, self.plan.directory / _run_name(trial),
-                         self.plan.epochs, self.device)
+                         self.plan.epochs, self.device, self.plan.best_of)
 
     def close(self, cancel: bool = False) -> None:
         if self.pool is not None:
@@ -270,7 +263,7 @@ def confirm_sweep(exp_path: str, options: dict[str, Any], cluster: Any, *,
         plan = make_plan(exp_path, factor=options.get("factor") or DEFAULT_FACTOR,
                          levels=options.get("levels"), top_k=options.get("top_k") or 1,
                          seeds=options.get("seeds") or DEFAULT_SEEDS,
-                         epochs=options.get("epochs"))
+                         epochs=options.get("epochs"), best_of=options.get("best_of") or 0)
     except ConfirmError as e:
         print(f"error: confirm: {e}", file=sys.stderr)
         return 2

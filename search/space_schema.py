@@ -31,7 +31,8 @@ KEYS: dict[str, dict[str, Any]] = {
             "confirm": None},
     "asha": {"grace_period": 1, "reduction_factor": 2, "brackets": 1},
     # multi-seed re-runs of the best configuration after the sweep (search.confirm)
-    "confirm": {"seeds": 3, "factor": "kl_anneal", "levels": None, "top_k": 1, "epochs": None},
+    "confirm": {"seeds": 3, "factor": "kl_anneal", "levels": None, "top_k": 1, "epochs": None,
+                "best_of": 0},
     "resources": {"cpu": 1, "gpu": 0},
     "loguniform": {"type": MISSING, "low": MISSING, "high": MISSING, "when": {}},
     "uniform": {"type": MISSING, "low": MISSING, "high": MISSING, "step": None, "when": {}},
@@ -101,7 +102,7 @@ class Space:
     resources: dict[str, Any]  # per trial: cpu (float), gpu (float or "auto")
     warnings: list[str] = field(default_factory=list)  # one-line notes for the launcher
     # search.confirm after the sweep: seeds, factor, levels (None: its default), top_k,
-    # epochs (None: base epochs); None: no confirmation
+    # epochs (None: base epochs), best_of (> 1: SVG's best of N samples scored); None: none
     confirm: Optional[dict[str, Any]] = None
 
 
@@ -199,7 +200,8 @@ def confirm_section(raw: Any, params: list[Param],
     return {"seeds": integer(values["seeds"], "confirm.seeds", 1), "factor": factor,
             "levels": levels, "top_k": integer(values["top_k"], "confirm.top_k", 1),
             "epochs": (None if values["epochs"] is None
-                       else integer(values["epochs"], "confirm.epochs", 1))}
+                       else integer(values["epochs"], "confirm.epochs", 1)),
+            "best_of": integer(values["best_of"], "confirm.best_of", 0)}
 
 
 def inert_values(params: list[Param], epochs: int) -> list[str]:

@@ -201,7 +201,8 @@ def test_space_confirm_section(tmp_path):
     assert _space(tmp_path, None).confirm is None
     space = _space(tmp_path, "{seeds: 2, levels: [monotonic, cyclical], epochs: 2}")
     assert space.confirm == {"seeds": 2, "factor": "kl_anneal", "levels": ["monotonic", "cyclical"],
-                             "top_k": 1, "epochs": 2}
+                             "top_k": 1, "epochs": 2, "best_of": 0}
+    assert _space(tmp_path, "{best_of: 10}").confirm["best_of"] == 10
     assert to_json(space)["confirm"] == space.confirm
     lr = _space(tmp_path, "{factor: lr, levels: ['1e-3', 2]}")
     assert lr.confirm["levels"] == [0.001, 2.0]
@@ -209,6 +210,7 @@ def test_space_confirm_section(tmp_path):
 
 @pytest.mark.parametrize("confirm, message", [
     ("{seeds: 0}", "confirm.seeds: too small"),
+    ("{best_of: -1}", "confirm.best_of: too small"),
     ("{factor: sed}", "confirm.factor: not a factor"),
     ("{factor: seed}", "confirm.factor: not a factor"),
     ("{levels: [monotonic, sideways]}", "confirm.levels: rejected by cvae.config"),
@@ -327,7 +329,7 @@ def test_a_run_is_scored_once_the_checkpoint_its_last_result_names_is_on_disk(tm
          "checkpoint_dir_name": "checkpoint_000001"}) + "\n")
     seen = []
     monkeypatch.setattr(confirm_module, "evaluate_run",
-                        lambda d, epochs, device: seen.append(final_checkpoint(d).name))
+                        lambda d, epochs, device, best_of: seen.append(final_checkpoint(d).name))
     confirm_module.evaluate_when_saved(run_dir, 1, "cpu", wait_s=0.3)  # never lands: times out
     assert seen == ["checkpoint_000000"]
     (run_dir / "checkpoint_000001").mkdir()

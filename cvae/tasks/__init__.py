@@ -4,6 +4,8 @@
             binds cvae.data, cvae.model and cvae.synth)
     dance   the pose-conditioned dance lab (cvae.tasks.dance: its data, synthetic dancer and
             template model)
+    smmnist SVG's Stochastic Moving MNIST, unconditional (cvae.tasks.smmnist: the motion,
+            rendered or real MNIST digits; SVG with one channel)
 
 What differs between tasks is the dataset, the model, the training step and the validation
 protocol; config, schedules, metrics, checkpoints, the training loop (cvae.train), evaluation
@@ -24,6 +26,7 @@ protocol; config, schedules, metrics, checkpoints, the training loop (cvae.train
                                         the task's protocol; sequences have `len` and
                                         `batch(idx, starts, seq_len) -> (frames, conditions)`
     run_synth(args), run_check(args)    `python -m cvae synth --task T`, `check-data --task T`
+    add_synth_arguments(parser)         optional: the task's own `synth` flags
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from types import ModuleType
 
 from cvae.config import TASKS, Config
 
-MODULES = {"bair": "cvae.tasks.bair", "dance": "cvae.tasks.dance.task"}
+MODULES = {"bair": "cvae.tasks.bair", "dance": "cvae.tasks.dance.task",
+           "smmnist": "cvae.tasks.smmnist.task"}
 assert tuple(MODULES) == TASKS
 
 
