@@ -1,7 +1,8 @@
 """A confirmation's metrics besides PSNR (search.confirm_results: the latent, best of N, seconds
-to + 1 dB) over seeds, on fake runs."""
+to + 1 dB) over seeds, and the report's tables, sentences and figure of them, on fake runs."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -9,6 +10,7 @@ from test_analysis import make_experiment
 from test_confirm import _write_runs
 
 from analysis import stats
+from analysis.report import build_report
 from search.confirm import make_plan, summarize
 from search.confirm_results import describe
 
@@ -67,3 +69,20 @@ def test_best_of_n_gain_is_compared_where_runs_have_it(tmp_path):
     assert (run["samples"], run["best_of_n_gain"]) == (20, pytest.approx(22.0 - 18.8))
     (pair,) = summary["configs"][0]["paired_comparisons"]["best_of_n_gain"]
     assert pair["diff"] == pytest.approx(-2.5)  # gains 0.8, 0.7, 1.2 vs 3.5, 3.2, 3.5
+
+
+def test_report_shows_the_metrics_and_their_comparisons(tmp_path):
+    exp = make_experiment(tmp_path)
+    write_confirmation(exp, val_kl=KL, active_units=UNITS)
+    text = build_report(exp, quiet=True, evaluate=False).read_text()
+    assert "- KL: monotonic vs cyclical (paired by seed): +1.08 nats/step (95% CI " in text
+    assert "- 3 of 3 cyclical runs never reached + 1 dB" in text
+    assert "paired by seed, the levels differ in KL." in text
+    with open(exp / "tables" / "confirm-kl_anneal_metrics.csv") as f:
+        rows = {(r["kl_anneal"], r["metric"]): r for r in csv.DictReader(f)}
+    assert rows["cyclical", "seconds_to_1db"]["never reached"] == "3"
+    assert float(rows["monotonic", "kl"]["mean"]) == pytest.approx(1.10)
+    with open(exp / "tables" / "confirm-kl_anneal_comparisons.csv") as f:
+        units = {r["metric"]: r["unit"] for r in csv.DictReader(f)}
+    assert units["kl"] == "nats/step" and units["active_units"] == "units"
+    assert (exp / "plots" / "confirm-kl_anneal_latent.png").stat().st_size > 1000
