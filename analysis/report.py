@@ -3,7 +3,8 @@
 Loads the experiment (analysis.results), writes the figures (analysis.plots) and tables
 (analysis.tables), evaluates each annealing mode's best checkpoint on the test split with the demo
 protocol, and ties it all together in report.md and a self-contained report.html (images embedded
-as base64). Works offline on finished and partly finished sweeps alike.
+as base64), opening with one answer per searched parameter (analysis.answers). Works offline on
+finished and partly finished sweeps alike.
 (Over 350 lines: most of it is the report's prose, one function per section.)
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Optional
 from markdown import Markdown
 from markdown.treeprocessors import Treeprocessor
 
-from analysis.answers import confirm_headline, never_reached
+from analysis.answers import answers, confirm_headline, never_reached
 from analysis.plots import PLOTS, confirm_plots, make_plots
 from analysis.results import (INCOMPLETE, KEY_PARAMS, MISSING, MODE, NOT_STARTED, Experiment,
                               ExperimentError, best_checkpoint, load_experiment)
@@ -182,6 +183,9 @@ def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, 
               f"`{sweep.get('scheduler_metric', '-')}`), at most {exp.epochs} epochs per trial. "
               f"Started {sweep.get('started', '-')}"
               + (f", wall time {fmt(float(wall))} s." if wall is not None else ".")),
+        ("h", 2, "Answers"),
+        ("ul", answers(exp, [(c.stem, c.summary) for c in confirmations])
+         or ["nothing was searched (sweep.json `searched` is empty)"]),
         ("h", 2, "What was swept"),
         ("ul", [f"`{p}`: `{json.dumps(spec)}`" for p, spec in (sweep.get("searched") or {}).items()]
          + [f"`{k}` fixed at `{base[k]}` (sweep.json base)"
