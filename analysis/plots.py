@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.results import (CYCLES, CYCLICAL, INCOMPLETE, LR, MISSING, MODE, OPTUNA_JOURNAL,
                               OPTUNA_STUDY, TFR_START, Experiment, spec_choices)
-from analysis.tables import fmt
+from analysis.tables import METRIC_NAMES, PSNRS, confirm_metrics, fmt
 
 MODE_COLORS = {"monotonic": "tab:blue", "cyclical": "tab:orange", "cyclical-sigmoid": "tab:green",
                "none": "tab:gray"}
@@ -314,24 +314,31 @@ def _plain(value: object) -> object:
 
 def confirm_plots(summary: dict, out_dir: Path, stem: str) -> dict[str, tuple[Path, str]]:
     """Figures of a confirmation (search.confirm's confirm.json, in directory `stem`):
-    learning curves per level with a confidence band over seeds, and a dot-and-interval plot
-    of final validation and test PSNR per level. Returns {name: (path, caption)}."""
+    learning curves per level with a confidence band over seeds, and dot-and-interval plots per
+    level of final validation and test PSNR and of the other metrics (the latent, seconds to
+    the copy baseline + 1 dB). Returns {name: (path, caption)}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     factor, level = summary["factor"], f"{summary['confidence']:.0%}"
+    shown = {m for group in summary["configs"] for m in group["comparisons"]}
+    others = {m: f"{METRIC_NAMES.get(m, m)} ({unit})"
+              for m, unit in confirm_metrics(summary).items() if m in shown and m not in PSNRS}
     figures = {
         f"{stem}_curves": (_confirm_curves(summary),
                            f"Validation PSNR per epoch for each {factor} level: mean over seeds "
                            f"with a {level} confidence band (t); thin lines: single seeds"),
-        f"{stem}_levels": (_confirm_levels(summary),
+        f"{stem}_levels": (_confirm_levels(summary, {"val_psnr": "final validation PSNR (dB)",
+                                                     "test_psnr": "test PSNR (dB)"}),
                            f"Final PSNR per {factor} level: dots = seeds, bar = mean with "
                            f"{level} confidence interval"),
     }
-    if any(r.get("active_units") is not None for r in summary["runs"]):
+    if others:
         figures[f"{stem}_latent"] = (
-            _confirm_latent(summary),
-            f"What each {factor} level did to the latent: active units (posterior-mean variance "
-            "over inputs > 0.01) and KL per predicted step on the validation split, and test "
-            "PSNR with z from the posterior minus from the prior; dots = seeds, bar = mean")
+            _confirm_levels(summary, others),
+            f"What each {factor} level did to the latent: KL per predicted step and active units "
+            "(posterior-mean variance over inputs > 0.01) on the validation split, test PSNR "
+            "with z from the posterior and best of N prior samples minus one prior sample; and "
+            "seconds to the copy baseline + 1 dB (runs that never got there left out); dots = "
+            f"seeds, bar = mean with {level} confidence interval")
     paths = {}
     for name, (fig, caption) in figures.items():
         paths[name] = (out_dir / f"{name}.png", caption)
@@ -379,54 +386,33 @@ def _confirm_curves(summary: dict) -> Figure:
     return fig
 
 
-def _confirm_levels(summary: dict) -> Figure:
+def _confirm_levels(summary: dict, metrics: dict[str, str]) -> Figure:
+    """One panel per metric ({metric: axis label}): each level's seeds and mean with its CI."""
     groups, colors, labels = summary["configs"], _level_colors(summary), summary["labels"]
-    metrics = {"val_psnr": "final validation PSNR (dB)", "test_psnr": "test PSNR (dB)"}
     fig, axes = _figure(4.5 * len(metrics), 1.5 + 0.45 * len(labels) * len(groups),
                         ncols=len(metrics))
-    for ax, (metric, title) in zip(axes, metrics.items()):
+    for ax, (metric, title) in zip(np.atleast_1d(axes), metrics.items()):
         ticks = []
         for g, group in enumerate(groups):
             for i, lv in enumerate(labels):
                 y = -(g * (len(labels) + 1) + i)
                 ticks.append((y, lv if len(groups) == 1 else f"c{group['rank']} {lv}"))
                 values = [r[metric] for r in summary["runs"] if r["rank"] == group["rank"]
-                          and r["label"] == lv and r[metric] is not None]
+                          and r["label"] == lv and r.get(metric) is not None]
                 jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
                 ax.scatter(values, y + np.asarray(jitter[:len(values)]), color=colors[lv], s=22,
                            alpha=0.6, zorder=2)
-                iv = group["statistics"][lv][metric]
+                iv = group["statistics"][lv].get(metric) or {"mean": None}
                 if iv["mean"] is not None:
                     low = iv["mean"] - iv["low"] if iv["low"] is not None else 0.0
                     high = iv["high"] - iv["mean"] if iv["high"] is not None else 0.0
                     ax.errorbar([iv["mean"]], [y], xerr=[[low], [high]], fmt="D", color="black",
                                 ms=6, capsize=4, zorder=3)
+                if iv.get("censored"):  # runs that never got there: not on the axis
+                    ax.annotate(f"{iv['censored']} never reached ", (1.0, y),
+                                xycoords=("axes fraction", "data"), ha="right", va="center",
+                                fontsize="small")
         ax.set_yticks([t for t, _ in ticks], [text for _, text in ticks])
-        ax.set(xlabel=title, title=title.split(" (")[0])
-        ax.grid(alpha=0.3, axis="x")
-    return fig
-
-
-def _confirm_latent(summary: dict) -> Figure:
-    colors, labels = _level_colors(summary), summary["labels"]
-    panels = {"active_units": "active units", "val_kl": "KL per step (nats)",
-              "posterior_gain": "posterior - prior test PSNR (dB)"}
-    fig, axes = _figure(4 * len(panels), 1.2 + 0.5 * len(labels), ncols=len(panels))
-    for ax, (key, title) in zip(axes, panels.items()):
-        for i, lv in enumerate(labels):
-            runs = [r for r in summary["runs"] if r["label"] == lv]
-            if key == "posterior_gain":
-                values = [r["posterior_psnr"] - r["test_psnr"] for r in runs
-                          if r.get("posterior_psnr") is not None and r.get("test_psnr") is not None]
-            else:
-                values = [r[key] for r in runs if r.get(key) is not None]
-            if not values:
-                continue
-            jitter = np.linspace(-0.15, 0.15, len(values)) if len(values) > 1 else [0.0]
-            ax.scatter(values, -i + np.asarray(jitter), color=colors[lv], s=22, alpha=0.7,
-                       zorder=2)
-            ax.barh([-i], [float(np.mean(values))], color=colors[lv], alpha=0.3, height=0.6)
-        ax.set_yticks([-i for i in range(len(labels))], labels)
-        ax.set(xlabel=title, title=title.split(" (")[0])
+        ax.set(xlabel=title, title=title.split(" (")[0], ylim=(ticks[-1][0] - 0.5, 0.5))
         ax.grid(alpha=0.3, axis="x")
     return fig

@@ -3,7 +3,8 @@
 Loads the experiment (analysis.results), writes the figures (analysis.plots) and tables
 (analysis.tables), evaluates each annealing mode's best checkpoint on the test split with the demo
 protocol, and ties it all together in report.md and a self-contained report.html (images embedded
-as base64). Works offline on finished and partly finished sweeps alike.
+as base64), opening with one answer per searched parameter (analysis.answers). Works offline on
+finished and partly finished sweeps alike.
 (Over 350 lines: most of it is the report's prose, one function per section.)
 """
 from __future__ import annotations
@@ -21,10 +22,12 @@ from typing import Any, Optional
 from markdown import Markdown
 from markdown.treeprocessors import Treeprocessor
 
+from analysis.answers import answers, confirm_headline, never_reached
 from analysis.plots import PLOTS, confirm_plots, make_plots
 from analysis.results import (INCOMPLETE, KEY_PARAMS, MISSING, MODE, NOT_STARTED, Experiment,
                               ExperimentError, best_checkpoint, load_experiment)
-from analysis.tables import Table, all_tables, confirm_tables, fmt
+from analysis.tables import (METRIC_NAMES, Table, all_tables, confirm_metrics, confirm_tables,
+                             fmt)
 from cvae import jsonsafe
 
 N_PAST, N_FUTURE = 2, 10  # BAIR's test protocol (the dance task has its own)
@@ -180,13 +183,16 @@ def _document(exp: Experiment, out: Path, tables: list[Table], plots: dict[str, 
               f"`{sweep.get('scheduler_metric', '-')}`), at most {exp.epochs} epochs per trial. "
               f"Started {sweep.get('started', '-')}"
               + (f", wall time {fmt(float(wall))} s." if wall is not None else ".")),
+        ("h", 2, "Answers"),
+        ("ul", answers(exp, [(c.stem, c.summary) for c in confirmations])
+         or ["nothing was searched (sweep.json `searched` is empty)"]),
         ("h", 2, "What was swept"),
         ("ul", [f"`{p}`: `{json.dumps(spec)}`" for p, spec in (sweep.get("searched") or {}).items()]
          + [f"`{k}` fixed at `{base[k]}` (sweep.json base)"
             for k in KEY_PARAMS if k not in exp.searched and k in base]),
         ("h", 2, "Headline"),
         ("ul", _headline(exp, evaluations)
-         + [line for c in confirmations for line in _confirm_headline(c)]),
+         + [line for c in confirmations for line in confirm_headline(c.stem, c.summary)]),
     ]
     for confirmation in confirmations:
         blocks += _confirmation(confirmation, out)
@@ -247,32 +253,6 @@ def _headline(exp: Experiment, evaluations: list[ModeEvaluation]) -> list[str]:
     return lines
 
 
-def _confirm_headline(c: Confirmation) -> list[str]:
-    """The level with the highest mean test PSNR over seeds, and how many gaps are real."""
-    s, lines = c.summary, []
-    for group in s["configs"]:
-        means = {lv: v["test_psnr"] for lv, v in group["statistics"].items()
-                 if v["test_psnr"]["mean"] is not None}
-        if not means:
-            continue
-        top = max(means, key=lambda lv: means[lv]["mean"])
-        iv = means[top]
-        ci = (f" (95% CI {fmt(iv['low'])} to {fmt(iv['high'])})" if iv["low"] is not None
-              else "")
-        tested = [x for x in group["comparisons"]["test_psnr"] if x["p_holm"] is not None]
-        real = sum(x["significant"] for x in tested)
-        pairs = [x for x in group.get("paired_comparisons", {}).get("test_psnr", [])
-                 if x["p_holm"] is not None]
-        paired = (f" ({sum(x['significant'] for x in pairs)} of {len(pairs)} when paired by "
-                  "seed)" if pairs else "")
-        lines.append(f"Confirmation of configuration {group['rank']} over {len(s['seeds'])} seeds "
-                     f"per `{s['factor']}` level: highest mean test PSNR **{top}**, "
-                     f"{fmt(iv['mean'])} dB{ci}; {real} of {len(tested)} pairwise differences "
-                     f"significant after Holm correction{paired}. Traceability: "
-                     f"`{c.stem}/confirm.json`, `tables/{c.stem}_levels.csv`.")
-    return lines
-
-
 def _confirmation(c: Confirmation, out: Path) -> list[tuple]:
     """The confirmation section: what was re-run, tables, comparison sentences, figures."""
     s = c.summary
@@ -290,10 +270,11 @@ def _confirmation(c: Confirmation, out: Path) -> list[tuple]:
         settings = ", ".join(f"`{k}`={fmt(v)}" for k, v in group["searched"].items())
         blocks.append(("p", f"Configuration {group['rank']}: sweep trial `{group['trial_id']}` "
                             f"(best val PSNR {fmt(group['best_val_psnr'])} dB; {settings})."))
-        blocks.append(("ul", [f"{metric.replace('_', ' ')}: {x['sentence']}"
+        blocks.append(("ul", [f"{METRIC_NAMES.get(metric, metric)}: {x['sentence']}"
+                              for metric in confirm_metrics(s)
                               for key in ("comparisons", "paired_comparisons")
-                              for metric in ("val_psnr", "test_psnr")
                               for x in group.get(key, {}).get(metric, [])]
+                       + never_reached(group)
                        or ["one level: nothing to compare"]))
     for table in c.tables:
         blocks += _table_blocks(table)

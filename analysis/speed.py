@@ -22,11 +22,18 @@ def margin_label(margin: float) -> str:
     return f"+{margin:g} dB"
 
 
+def measured(history: pd.DataFrame) -> bool:
+    """Whether the history can tell when a margin was reached: it has epoch times and a copy
+    baseline (runs from before `val_baseline_psnr` do not)."""
+    return ("epoch_time_s" in history and "val_baseline_psnr" in history
+            and bool(history["val_baseline_psnr"].notna().any()))
+
+
 def seconds_to_quality(history: pd.DataFrame, margins: tuple[float, ...] = MARGINS
                        ) -> dict[str, Optional[float]]:
     """{"+1 dB": seconds, "+2 dB": seconds} for one run's per-epoch history (None: not reached)."""
     out: dict[str, Optional[float]] = {margin_label(m): None for m in margins}
-    if "val_baseline_psnr" not in history or "epoch_time_s" not in history:
+    if not measured(history):
         return out
     elapsed = 0.0
     for row in history.itertuples(index=False):
@@ -43,8 +50,8 @@ def seconds_to_quality(history: pd.DataFrame, margins: tuple[float, ...] = MARGI
 
 
 def level_speed(runs: list[dict]) -> dict[str, dict[str, dict]]:
-    """Per level of a confirmation (its runs' `seconds_to`): for each margin, how many runs
-    reached it, of how many, and the median seconds of those that did."""
+    """Per level of a confirmation (its runs' `seconds_to`, None where not `measured`): for each
+    margin, how many runs reached it, of how many, and the median seconds of those that did."""
     out: dict[str, dict[str, dict]] = {}
     for r in runs:
         if r.get("seconds_to") is None:

@@ -61,6 +61,7 @@ class Comparison:
     confidence: float = CONFIDENCE
     alpha: float = ALPHA
     paired: bool = False  # matched by seed: n_a == n_b = pairs, df = pairs - 1
+    unit: str = "dB"  # of the compared values, in the sentence
 
     @property
     def tested(self) -> bool:
@@ -75,7 +76,7 @@ class Comparison:
         """Differences larger than this (in absolute value) lie outside the interval."""
         return max(abs(self.low), abs(self.high))
 
-    def sentence(self, unit: str = "dB") -> str:
+    def sentence(self) -> str:
         """One line, e.g. "monotonic vs cyclical: +0.42 dB (95% CI 0.10 to 0.74), p = 0.012
         (Holm), g = 1.3, n = 5 seeds each"."""
         head = f"{self.a} vs {self.b}" + (" (paired by seed)" if self.paired else "")
@@ -86,16 +87,17 @@ class Comparison:
             why = ("no variation between seeds" if min(self.n_a, self.n_b) >= 2
                    else "at least 2 seed pairs needed" if self.paired
                    else "at least 2 seeds per level needed")
-            return f"{head}: {_num(self.diff, '+.2f')} {unit}, not tested ({why}; {n})"
+            return f"{head}: {_num(self.diff, '+.2f')} {self.unit}, not tested ({why}; {n})"
         level = f"{self.confidence:.0%}"
         g = _num(self.g, ".1f" if abs(self.g) >= 1 else ".2f")
-        stats_text = (f"{_num(self.diff, '+.2f')} {unit} ({level} CI {_num(self.low, '.2f')} to "
-                      f"{_num(self.high, '.2f')}), {_p(self.p_holm)} (Holm), "
+        stats_text = (f"{_num(self.diff, '+.2f')} {self.unit} ({level} CI "
+                      f"{_num(self.low, '.2f')} to {_num(self.high, '.2f')}), "
+                      f"{p_text(self.p_holm)} (Holm), "
                       f"{'g_z' if self.paired else 'g'} = {g}, {n}")
         if self.significant:
             return f"{head}: {stats_text}"
         return (f"{head}: no difference detected ({stats_text}); gaps larger than "
-                f"{self.excluded:.2f} {unit} are excluded")
+                f"{self.excluded:.2f} {self.unit} are excluded")
 
     def to_dict(self) -> dict:
         """Plain data for JSON (NaN as None), with the verdict and the sentence."""
@@ -171,7 +173,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE
 
 
 def compare(groups: Mapping[str, Sequence[float]], confidence: float = CONFIDENCE,
-            alpha: float = ALPHA) -> list[Comparison]:
+            alpha: float = ALPHA, unit: str = "dB") -> list[Comparison]:
     """Every pair of levels (in the mapping's order, a before b), Holm-corrected together."""
     pairs = list(itertools.combinations(groups, 2))
     tests = [welch(groups[a], groups[b], confidence) for a, b in pairs]
@@ -179,7 +181,7 @@ def compare(groups: Mapping[str, Sequence[float]], confidence: float = CONFIDENC
     return [Comparison(a=str(a), b=str(b), n_a=len(_finite(groups[a])),
                        n_b=len(_finite(groups[b])), diff=diff, low=low, high=high, df=df, p=p,
                        p_holm=float(p_holm), g=hedges_g(groups[a], groups[b]),
-                       confidence=confidence, alpha=alpha)
+                       confidence=confidence, alpha=alpha, unit=unit)
             for (a, b), (diff, low, high, df, p), p_holm in zip(pairs, tests, adjusted)]
 
 
@@ -203,15 +205,15 @@ def paired_t(a: Mapping[object, float], b: Mapping[object, float],
     return n, diff, float(ci.low), float(ci.high), float(result.pvalue), j * diff / d.std(ddof=1)
 
 
-def compare_paired(groups: Mapping[str, Mapping[object, float]],
-                   confidence: float = CONFIDENCE, alpha: float = ALPHA) -> list[Comparison]:
+def compare_paired(groups: Mapping[str, Mapping[object, float]], confidence: float = CONFIDENCE,
+                   alpha: float = ALPHA, unit: str = "dB") -> list[Comparison]:
     """Every pair of levels matched by seed ({level: {seed: value}}), Holm-corrected together."""
     pairs = list(itertools.combinations(groups, 2))
     tests = [paired_t(groups[a], groups[b], confidence) for a, b in pairs]
     adjusted = holm([t[4] for t in tests])
     return [Comparison(a=str(a), b=str(b), n_a=n, n_b=n, diff=diff, low=low, high=high,
                        df=float(n - 1) if n else math.nan, p=p, p_holm=float(p_holm), g=g,
-                       confidence=confidence, alpha=alpha, paired=True)
+                       confidence=confidence, alpha=alpha, paired=True, unit=unit)
             for (a, b), (n, diff, low, high, p, g), p_holm in zip(pairs, tests, adjusted)]
 
 
@@ -236,5 +238,6 @@ def _num(value: float, spec: str) -> str:
     return text if text.strip("+-0.") else format(0.0, spec)
 
 
-def _p(p: float) -> str:
+def p_text(p: float) -> str:
+    """A p-value as printed: "p = 0.012", "p < 0.001"."""
     return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"

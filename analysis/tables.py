@@ -234,14 +234,33 @@ def _range_labels(values: pd.Series, bins: pd.Series) -> list[tuple[int, str]]:
             for b, low, high in bounds]
 
 
+PSNRS = ("val_psnr", "test_psnr")  # a confirmation's metrics in every confirm.json
+METRIC_NAMES = {"val_psnr": "val psnr", "test_psnr": "test psnr", "kl": "KL",
+                "active_units": "active units", "posterior_gain": "posterior gain",
+                "best_of_n_gain": "best-of-N gain", "seconds_to_1db": "seconds to + 1 dB"}
+
+
+def confirm_metrics(summary: dict) -> dict[str, str]:
+    """{metric: unit} of a confirmation's per-level statistics, in order (confirm.json
+    `metrics`; one written before it: the two PSNRs)."""
+    return summary.get("metrics") or {m: "dB" for m in PSNRS}
+
+
 def confirm_tables(summary: dict, stem: str) -> list[Table]:
     """Tables of a confirmation (search.confirm's confirm.json, in directory `stem`): per level,
-    mean and confidence interval over seeds of final validation and test PSNR; and every
-    pairwise comparison (Welch, Holm-corrected)."""
+    mean and confidence interval over seeds of final validation and test PSNR, and of the other
+    metrics; every pairwise comparison (Welch and paired by seed, Holm-corrected); the latent
+    and the seconds to the copy baseline + 1 and + 2 dB per level."""
     factor, level = summary["factor"], f"{summary['confidence']:.0%}"
-    rows, pairs = [], []
+    units = confirm_metrics(summary)
+    rows, pairs, others = [], [], []
     for group in summary["configs"]:
         for label, values in group["statistics"].items():
+            others += [{"config": group["rank"], factor: label, "metric": m, "unit": unit,
+                        "n": values[m]["n"], "mean": values[m]["mean"],
+                        f"{level} CI low": values[m]["low"], f"{level} CI high": values[m]["high"],
+                        "never reached": values[m].get("censored")}
+                       for m, unit in units.items() if m not in PSNRS and m in values]
             val, test = values["val_psnr"], values["test_psnr"]
             rows.append({"config": group["rank"], factor: label, "n": val["n"],
                          "diverged": values["diverged"], "val PSNR mean": val["mean"],
@@ -252,7 +271,7 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
         for key, test in (("comparisons", "Welch"), ("paired_comparisons", "paired by seed")):
             for metric, comparisons in group.get(key, {}).items():
                 pairs += [{"config": group["rank"], "metric": metric, "test": test,
-                           "a": c["a"], "b": c["b"],
+                           "unit": c.get("unit", "dB"), "a": c["a"], "b": c["b"],
                            "difference a - b": c["diff"], f"{level} CI low": c["low"],
                            f"{level} CI high": c["high"], "df": c["df"], "p": c["p"],
                            "p (Holm)": c["p_holm"], "Hedges g": c["g"], "n a": c["n_a"],
@@ -275,6 +294,18 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
                    "prior (evaluate --z posterior). Preventing posterior collapse is what KL "
                    "annealing is for: a KL near 0 and no active unit mean a collapsed latent.")
              ] if latent else []
+    if others:
+        frame = pd.DataFrame(others)
+        frame["never reached"] = frame["never reached"].astype("Int64")
+        extra.insert(0, Table(
+            f"{stem}_metrics", f"{factor} over seeds: mean and {level} CI of what each level did "
+            "to the latent, and of its seconds to the copy baseline + 1 dB", frame,
+            f"{stem}/confirm.json `configs[].statistics` ({method} intervals over the runs of "
+            "each level; n = runs with a value), from each run's `runs[]` value: kl = `val_kl` "
+            "(nats per predicted step, validation split), active_units, posterior_gain = "
+            "`posterior_psnr` - `test_psnr`, best_of_n_gain = `best_of_n_psnr` (best of "
+            "`samples` prior draws by SSIM) - `test_psnr`, seconds_to_1db = `seconds_to` "
+            "\"+1 dB\"; never reached = runs that did not get there, left out of n and mean."))
     speed = [{factor: lv, **{f"{key}: reached": f"{v['reached']}/{v['n']}"
                              for key, v in margins.items()},
               **{f"{key}: median s": v["median_s"] for key, v in margins.items()}}
@@ -296,8 +327,8 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
               "(a diverged run counts as 0 dB), test = `psnr` of evaluate_checkpoint on its final "
               f"checkpoint ({TEST_PROTOCOL}); {method} intervals; n = runs "
               "counted, n test = runs with a test evaluation."),
-        Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, and paired by seed; Holm-corrected)",
-              pd.DataFrame(pairs),
+        Table(f"{stem}_comparisons", f"{factor}: pairwise comparisons (Welch, and paired by "
+              "seed; Holm-corrected within each metric)", pd.DataFrame(pairs),
               f"{stem}/confirm.json `configs[].comparisons`: Welch's t-test of the level means "
               "(scipy.stats.ttest_ind, equal_var=False), interval of the difference with the "
               "Welch-Satterthwaite df (not adjusted), p Holm-adjusted over the pairs of each "
@@ -306,5 +337,6 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
               "every level the same initialisation and batches), paired t-test on the per-seed "
               "differences (scipy.stats.ttest_rel, df = pairs - 1), Holm over the pairs of each "
               "metric; Hedges g column = g_z (mean / SD of the differences, bias-corrected); "
-              "n a = n b = seed pairs."),
+              "n a = n b = seed pairs; unit = of the difference and its interval; a level with "
+              "no value of a metric is in none of its pairs."),
     ] + extra

@@ -1,10 +1,10 @@
 """A confirmation's results (search.confirm): the state of each run directory and confirm.json.
 
-confirm.json holds every run's final val_psnr and test PSNR (the run's test_metrics.json,
-written by search.confirm_runs), per level the mean and 95% confidence interval over seeds, the
-pairwise Welch tests and the tests paired by seed with Holm correction (analysis.stats), what
-each schedule did to the latent and the seconds to reach the copy baseline + 1/+2 dB
-(analysis.speed).
+confirm.json holds every run's numbers (final val_psnr, its test_metrics.json written by
+search.confirm_runs, and the METRICS derived from them), per level the mean and 95% confidence
+interval over seeds of each metric, the pairwise Welch tests and the tests paired by seed with
+Holm correction within each metric (analysis.stats), what each schedule did to the latent and
+the seconds to reach the copy baseline + 1/+2 dB (analysis.speed).
 """
 from __future__ import annotations
 
@@ -16,11 +16,22 @@ import numpy as np
 
 from analysis import stats
 from analysis.results import read_history
-from analysis.speed import level_speed, seconds_to_quality
+from analysis.speed import level_speed, margin_label, measured, seconds_to_quality
 from cvae.jsonsafe import number
 from search.confirm_plan import Plan, label
 
-METRICS = ("val_psnr", "test_psnr")  # per-run numbers that get per-level statistics
+# per-run numbers that get per-level statistics, each a key of a run's dict -> its unit
+METRICS = {
+    "val_psnr": "dB",  # final validation PSNR (0 dB when diverged)
+    "test_psnr": "dB",  # test PSNR of the final checkpoint, z from the prior
+    "kl": "nats/step",  # val_kl: KL of the posterior from the prior per predicted step
+    "active_units": "units",  # latent dimensions whose posterior mean varies (Burda et al. 2016)
+    "posterior_gain": "dB",  # posterior_psnr - test_psnr: what z carries that the prior lacks
+    "best_of_n_gain": "dB",  # best_of_n_psnr - test_psnr: best of `samples` prior draws by SSIM
+    "seconds_to_1db": "s",  # seconds_to["+1 dB"]; runs that never get there are `censored`
+}
+PSNRS = ("val_psnr", "test_psnr")  # always summarized; the others only where a run has them
+CENSORED = "seconds_to_1db"  # None for a measured run means "never reached": counted, not averaged
 CONFIRM_FILE = "confirm.json"
 TEST_FILE = "test_metrics.json"  # a run's test-split evaluation, in its run directory
 
@@ -55,34 +66,49 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
         test = read_kept(run_dir / TEST_FILE) or {}
         final = (0.0 if status == "diverged"  # fit's finite worst case
                  else float(kept["val_psnr"].iloc[-1]) if status == "completed" else None)
+        seconds = seconds_to_quality(history) if measured(history) else None
         runs.append({
             "name": run.name, "rank": run.rank, "level": run.level, "label": label(run.level),
             "seed": run.seed, "status": status, "epochs": len(history),
             "val_psnr": final,
             "val_psnr_best": float(kept["val_psnr"].max()) if len(kept) else None,
             "val_psnr_curve": [number(v) for v in history["val_psnr"]],
-            "seconds_to": seconds_to_quality(history),
+            "seconds_to": seconds,
             "test_psnr": test.get("psnr"), "test_ssim": test.get("ssim"),
             "baseline_psnr": test.get("baseline_psnr"),
             "checkpoint": f"{run.name}/{test['checkpoint']}" if test else None,
             **{k: test.get(k) for k in ("posterior_psnr", "val_kl", "val_kl_per_dim",
-                                        "active_units")},
+                                        "active_units", "best_of_n_psnr", "samples")},
+            "kl": test.get("val_kl"),
+            "posterior_gain": _gain(test.get("posterior_psnr"), test.get("psnr")),
+            "best_of_n_gain": _gain(test.get("best_of_n_psnr"), test.get("psnr")),
+            CENSORED: seconds[margin_label(1.0)] if seconds else None,
             "config": run.config,
         })
     groups = []
     for entry in plan.configs:
         mine = [r for r in runs if r["rank"] == entry["rank"]]
-        levels, comparisons, paired = {}, {}, {}
-        for metric in METRICS:
-            by_seed = {label(v): {r["seed"]: r[metric] for r in mine if r["label"] == label(v)
-                                  and r["status"] in ("completed", "diverged")}
-                       for v in plan.levels}
+        counted = [r for r in mine if r["status"] in ("completed", "diverged")]
+        levels: dict[str, dict] = {label(v): {} for v in plan.levels}
+        comparisons, paired = {}, {}
+        for metric, unit in METRICS.items():
+            by_seed = {lv: {r["seed"]: r[metric] for r in counted if r["label"] == lv}
+                       for lv in levels}
+            scored = {lv: values for lv, values in by_seed.items()
+                      if any(v is not None for v in values.values())}
+            never = ({lv: sum(r["label"] == lv and r[metric] is None and r["seconds_to"]
+                              is not None for r in counted) for lv in levels}
+                     if metric == CENSORED else {})
+            if metric not in PSNRS and not scored and not any(never.values()):
+                continue  # nothing measured it (e.g. runs scored before it existed)
             by_level = {lv: list(values.values()) for lv, values in by_seed.items()}
             for lv, interval in stats.summarize(by_level, method=ci_method).items():
-                levels.setdefault(lv, {})[metric] = interval.to_dict()
-            comparisons[metric] = [c.to_dict() for c in stats.compare(by_level)]
+                levels[lv][metric] = {**interval.to_dict(),
+                                      **({"censored": never[lv]} if never else {})}
+            comparisons[metric] = [c.to_dict() for c in stats.compare(
+                {lv: by_level[lv] for lv in scored}, unit=unit)]
             # one seed = the same initialisation and batches at every level: matched pairs
-            paired[metric] = [c.to_dict() for c in stats.compare_paired(by_seed)]
+            paired[metric] = [c.to_dict() for c in stats.compare_paired(scored, unit=unit)]
         for lv in levels:
             levels[lv]["diverged"] = sum(r["status"] == "diverged" for r in mine
                                          if r["label"] == lv)
@@ -94,7 +120,8 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
         "levels": plan.levels, "labels": [label(v) for v in plan.levels],
         "seeds": plan.seeds, "epochs": plan.epochs, "confidence": stats.CONFIDENCE,
         "alpha": stats.ALPHA, "ci_method": ci_method, "finished": finished,
-        "wall_time_s": wall_time_s, "notes": plan.notes, "configs": groups, "runs": runs,
+        "wall_time_s": wall_time_s, "notes": plan.notes, "metrics": METRICS,
+        "configs": groups, "runs": runs,
         "latent": latent_statistics(runs), "speed": level_speed(runs),
     }
 
@@ -118,26 +145,44 @@ def latent_statistics(runs: list[dict]) -> dict:
             for lv, rs in out.items()}
 
 
+def _gain(psnr: Optional[float], test_psnr: Optional[float]) -> Optional[float]:
+    """A PSNR minus the run's test PSNR (dB); None when either is missing."""
+    return None if psnr is None or test_psnr is None else psnr - test_psnr
+
+
 def describe(summary: dict) -> list[str]:
-    """Lines for the terminal: per level mean and CI, then the comparison sentences."""
+    """Lines for the terminal: per level mean and CI of each metric, then the comparison
+    sentences (of the metrics other than PSNR, only the significant ones)."""
     lines = []
     for group in summary["configs"]:
         lines.append(f"configuration {group['rank']} (sweep trial {group['trial_id']}, "
                      f"{summary['factor']} varied):")
+        others = [m for m in METRICS if m not in PSNRS and m in group["comparisons"]]
         for lv, values in group["statistics"].items():
-            parts = []
-            for metric in METRICS:
-                iv = values[metric]
-                ci = (f" [{iv['low']:.2f}, {iv['high']:.2f}]"
-                      if number(iv["low"]) is not None else "")
-                mean = f"{iv['mean']:.2f}" if number(iv["mean"]) is not None else "-"
-                parts.append(f"{metric} {mean}{ci}")
-            lines.append(f"  {lv}: " + ", ".join(parts) + f" (n = {values['val_psnr']['n']})")
+            lines.append(f"  {lv}: " + ", ".join(_interval(m, values[m]) for m in PSNRS)
+                         + f" (n = {values['val_psnr']['n']})")
+            if others:
+                lines.append("    " + ", ".join(_interval(m, values[m]) for m in others))
+        quiet = []
         for metric in METRICS:
-            lines += [f"  {metric}: {c['sentence']}" for c in group["comparisons"][metric]]
-            lines += [f"  {metric}: {c['sentence']}"
-                      for c in group.get("paired_comparisons", {}).get(metric, [])]
+            found = [c for key in ("comparisons", "paired_comparisons")
+                     for c in group.get(key, {}).get(metric, [])]
+            shown = found if metric in PSNRS else [c for c in found if c["significant"]]
+            lines += [f"  {metric}: {c['sentence']}" for c in shown]
+            if found and not shown:
+                quiet.append(metric)
+        if quiet:
+            lines.append(f"  no pair differs in {', '.join(quiet)} (Welch nor paired by seed)")
     return lines
+
+
+def _interval(metric: str, iv: dict) -> str:
+    """Mean [CI] of one metric, e.g. "kl 0.52 [0.31, 0.73]"; censored runs as "(k of n never)"."""
+    mean = f"{iv['mean']:.2f}" if number(iv["mean"]) is not None else "-"
+    ci = f" [{iv['low']:.2f}, {iv['high']:.2f}]" if number(iv["low"]) is not None else ""
+    never = (f" ({iv['censored']} of {iv['n'] + iv['censored']} never)"
+             if iv.get("censored") else "")
+    return f"{metric} {mean}{ci}{never}"
 
 
 def read_kept(path: Path) -> Optional[dict]:

@@ -2,7 +2,7 @@ import math
 
 import pandas as pd
 
-from analysis.speed import level_speed, seconds_to_quality
+from analysis.speed import level_speed, measured, seconds_to_quality
 
 
 def _history(psnr, base=20.0, seconds=10.0, diverged=None):
@@ -23,6 +23,13 @@ def test_margins_not_reached_or_unknown_baseline_are_none():
     assert seconds_to_quality(old) == {"+1 dB": None, "+2 dB": None}
     nan_base = _history([25.0, 25.0], base=math.nan)
     assert seconds_to_quality(nan_base, margins=(0.5,)) == {"+0.5 dB": None}
+
+
+def test_only_a_history_with_the_copy_baseline_is_measured():
+    assert measured(_history([19.0]))
+    assert not measured(_history([25.0]).drop(columns="val_baseline_psnr"))
+    assert not measured(_history([25.0], base=math.nan))
+    assert not measured(pd.DataFrame())  # no history yet
 
 
 def test_a_diverged_epoch_does_not_count_but_its_time_does():

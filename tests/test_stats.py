@@ -112,6 +112,10 @@ def test_sentences():
     assert untested.sentence() == ("a vs b: -1.25 dB, not tested (at least 2 seeds per level "
                                    "needed; n = 1 and 2 seeds)")
     assert untested.to_dict()["significant"] is False
+    (seconds,) = compare_paired({"a": {1: 30.0, 2: 50.0}, "b": {1: 20.0, 2: 30.0}}, unit="s")
+    assert seconds.sentence().startswith("a vs b (paired by seed): no difference detected "
+                                         "(+15.00 s (95% CI ")
+    assert seconds.sentence().endswith(" s are excluded") and seconds.to_dict()["unit"] == "s"
 
 
 def _seeded(rng, n_sims, seeds, effects, seed_sd=0.7, noise_sd=0.15):
