@@ -304,7 +304,8 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
             "each level; n = runs with a value), from each run's `runs[]` value: kl = `val_kl` "
             "(nats per predicted step, validation split), active_units, posterior_gain = "
             "`posterior_psnr` - `test_psnr`, best_of_n_gain = `best_of_n_psnr` (best of "
-            "`samples` prior draws by SSIM) - `test_psnr`, seconds_to_1db = `seconds_to` "
+            "`samples` prior draws by SSIM) - `first_sample_psnr` (the first draw, same test "
+            "sequences), seconds_to_1db = `seconds_to` "
             "\"+1 dB\"; never reached = runs that did not get there, left out of n and mean."))
     speed = [{factor: lv, **{f"{key}: reached": f"{v['reached']}/{v['n']}"
                              for key, v in margins.items()},

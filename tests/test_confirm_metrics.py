@@ -61,14 +61,16 @@ def test_latent_metrics_are_paired_by_seed_and_runs_that_never_got_there_censore
 
 
 def test_best_of_n_gain_is_compared_where_runs_have_it(tmp_path):
+    # the gain is measured against the first draw of the same pass, not the test PSNR
     best = {(lv, s): 22.0 + (0.3 * s if lv == "monotonic" else 0.0)
             for lv in ("monotonic", "cyclical") for s in (1, 2, 3)}
+    first = {k: 21.0 for k in best}
     summary = write_confirmation(make_experiment(tmp_path), best_of_n_psnr=best,
-                                 samples={k: 20 for k in best})
+                                 first_sample_psnr=first, samples={k: 20 for k in best})
     run = next(r for r in summary["runs"] if r["name"] == "c1-cyclical-s2")
-    assert (run["samples"], run["best_of_n_gain"]) == (20, pytest.approx(22.0 - 18.8))
+    assert (run["samples"], run["best_of_n_gain"]) == (20, pytest.approx(1.0))
     (pair,) = summary["configs"][0]["paired_comparisons"]["best_of_n_gain"]
-    assert pair["diff"] == pytest.approx(-2.5)  # gains 0.8, 0.7, 1.2 vs 3.5, 3.2, 3.5
+    assert pair["diff"] == pytest.approx(0.6)  # gains 1.3, 1.6, 1.9 vs 1.0, 1.0, 1.0
 
 
 def test_report_shows_the_metrics_and_their_comparisons(tmp_path):
