@@ -8,6 +8,7 @@ colour and figure helpers; the confirmation's figures could move to a module of 
 """
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -25,6 +26,8 @@ from matplotlib.ticker import MaxNLocator
 from analysis.results import (CYCLES, CYCLICAL, INCOMPLETE, LR, MISSING, MODE, OPTUNA_JOURNAL,
                               OPTUNA_STUDY, TFR_START, Experiment, spec_choices)
 from analysis.tables import METRIC_NAMES, PSNRS, confirm_metrics, fmt
+from cvae.config import config_from_trial
+from cvae.schedules import beta_curve
 
 MODE_COLORS = {"monotonic": "tab:blue", "cyclical": "tab:orange", "cyclical-sigmoid": "tab:green",
                "none": "tab:gray"}
@@ -157,7 +160,27 @@ def plot_psnr_distribution(exp: Experiment) -> Figure:
 
 
 def plot_schedules(exp: Experiment) -> Figure:
-    return _best_curves(exp, {"beta": "KL weight beta", "tfr": "teacher forcing ratio"}, log=False)
+    """beta as every training step saw it (the schedule of the trial's config: a per-step
+    schedule restarts within epochs), teacher forcing per epoch."""
+    return _best_curves(exp, {"beta": "KL weight beta", "tfr": "teacher forcing ratio"}, log=False,
+                        drawn={"beta": lambda tid: _beta_curve(exp, tid)})
+
+
+def _beta_curve(exp: Experiment, trial_id: str) -> Optional[tuple[list, list]]:
+    """(epochs, beta) of a trial's schedule as a step curve over [0, epochs run], from its
+    params.json (cvae.schedules.beta_curve); None when the config cannot be read."""
+    trial = exp.trials.loc[exp.trials["trial_id"] == trial_id].iloc[0]
+    try:
+        cfg = config_from_trial(json.loads((exp.path / str(trial["dir"]) / "params.json")
+                                           .read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    x, beta = beta_curve(cfg)
+    keep = x < int(trial["epochs"])  # the epochs the trial ran
+    x, beta = list(x[keep]), list(beta[keep])
+    if not x:
+        return None
+    return x + [float(trial["epochs"])], beta + [beta[-1]]
 
 
 def plot_losses(exp: Experiment) -> Figure:
@@ -268,14 +291,20 @@ def _box_strip(ax: Axes, groups: list[tuple[str, pd.DataFrame]]) -> None:
     ax.grid(alpha=0.3, axis="y")
 
 
-def _best_curves(exp: Experiment, keys: dict[str, str], log: bool) -> Figure:
-    """One panel per history column, one line per annealing mode's best trial."""
+def _best_curves(exp: Experiment, keys: dict[str, str], log: bool,
+                 drawn: Optional[dict[str, Callable]] = None) -> Figure:
+    """One panel per history column, one line per annealing mode's best trial; `drawn[key]`
+    (trial id -> (x, y) step curve or None) replaces a column's per-epoch values."""
     best = exp.best_by_mode()
     if best.empty:
         return _message("no trial with results")
     fig, axes = _figure(4.2 * len(keys), 4, ncols=len(keys))
     for ax, (key, label) in zip(axes, keys.items()):
         for mode, tid in best.items():
+            curve = (drawn or {}).get(key, lambda _: None)(tid)
+            if curve is not None:
+                ax.step(*curve, where="post", color=_mode_color(mode), label=f"{mode} ({tid})")
+                continue
             hist = exp.trial_history(tid)
             hist = hist[~hist["diverged"]]
             ax.plot(hist["epoch"], hist[key], color=_mode_color(mode), label=f"{mode} ({tid})")

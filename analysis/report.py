@@ -30,7 +30,8 @@ from analysis.tables import (METRIC_NAMES, Table, all_tables, confirm_metrics, c
                              fmt)
 from cvae import jsonsafe
 
-N_PAST, N_FUTURE = 2, 10  # BAIR's test protocol (the dance task has its own)
+N_PAST, N_FUTURE = 2, 10  # BAIR's test protocol, for results that do not say (each task's
+# checkpoint is scored with its own: BAIR 2 -> 10, SM-MNIST the run's n_past -> eval_n_future)
 UNFINISHED = (MISSING, INCOMPLETE, "running", "pending")  # statuses listed as missing/incomplete
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
        "table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #bbb;padding:2px 8px}"
@@ -122,8 +123,8 @@ def evaluate_best(exp: Experiment, out: Path, data: Optional[str],
                 continue
             ev.checkpoint, ev.epoch = found
             from cvae.evaluate import evaluate_checkpoint
-            ev.result = evaluate_checkpoint(ev.checkpoint, data=data, split="test", n_past=N_PAST,
-                                            n_future=N_FUTURE, media_dir=media)
+            ev.result = evaluate_checkpoint(ev.checkpoint, data=data, split="test",
+                                            media_dir=media)
         except Exception as err:  # a failed evaluation must not cost the rest of the report
             ev.note = f"evaluation failed: {type(err).__name__}: {err}"
             continue

@@ -61,6 +61,18 @@ def kl_beta(cfg: Config, epoch: int, step_in_epoch: int = 0) -> float:
     return float(values[min(n, n_iter - 1)])
 
 
+def beta_curve(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """(x, beta) of the whole run as the training steps see it: x in epochs, 0 at the start;
+    one point per step of a per-step schedule (epoch + step / epoch_size), one per epoch
+    otherwise. What a plot of the schedule draws: an epoch's logged beta is its mean."""
+    if cfg.kl_anneal_unit == "step" and cfg.kl_anneal != "none":
+        n = cfg.epoch_size
+        x = np.arange(cfg.epochs * n) / n
+        return x, np.array([kl_beta(cfg, i // n, i % n) for i in range(len(x))])
+    x = np.arange(cfg.epochs, dtype=float)
+    return x, np.array([kl_beta(cfg, e) for e in range(cfg.epochs)])
+
+
 def teacher_forcing_ratio(cfg: Config, epoch: int) -> float:
     """Teacher forcing ratio used during 0-based `epoch`.
 

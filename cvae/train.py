@@ -28,7 +28,7 @@ from cvae import checkpoint, jsonsafe, tasks
 from cvae.config import PRESETS, Config, lr_milestones, preset
 from cvae.data import DataError
 from cvae.evaluate import evaluate
-from cvae.schedules import kl_beta, teacher_forcing_ratio
+from cvae.schedules import beta_curve, kl_beta, teacher_forcing_ratio
 
 Report = Callable[[dict, str], None]  # (metrics of the epoch, checkpoint directory)
 Progress = Callable[[int, int, dict, int], None]  # (1-based epoch, step, its metrics, steps)
@@ -165,8 +165,10 @@ class Trainer:
         sums = {"loss": 0.0, "mse": 0.0, "kld": 0.0}
         diverged = False
         steps = self.data.steps(e, self.rng)
+        betas = []  # what each step used (a per-step schedule changes within the epoch)
         for step in range(steps):
             beta = kl_beta(cfg, e, step)
+            betas.append(beta)
             x, c, _ = self._batch(step)
             tf = self.data.teacher_forcing(self.rng, tfr)
             tf = tf.to(self.device) if isinstance(tf, torch.Tensor) else tf
@@ -180,8 +182,8 @@ class Trainer:
                 progress(self.epochs_done + 1, step, m, steps)
         self.epochs_done += 1
         best = max([h["val_psnr"] for h in self.history], default=0.0)
-        row: dict[str, Any] = {"epoch": self.epochs_done, "beta": kl_beta(cfg, e), "tfr": tfr,
-                               "diverged": diverged}
+        row: dict[str, Any] = {"epoch": self.epochs_done, "beta": float(np.mean(betas)),
+                               "beta_last": betas[-1], "tfr": tfr, "diverged": diverged}
         if diverged:  # a finite worst case keeps TPE and ASHA working
             row.update(loss=math.nan, mse=math.nan, kld=math.nan, val_psnr=0.0, val_ssim=0.0,
                        val_psnr_best=best)
@@ -282,7 +284,8 @@ def run(args: argparse.Namespace) -> int:
     except (DataError, ValueError) as e:
         print(f"\nerror: {e}", file=sys.stderr)
         return 2
-    visualize.plot_curves(out / "curves.png", history, title=f"preset {args.preset}")
+    visualize.plot_curves(out / "curves.png", history, title=f"preset {args.preset}",
+                          beta=beta_curve(cfg))
     from cvae.evaluate import baseline_name, evaluate_checkpoint
     result = evaluate_checkpoint(out / "checkpoint", data=cfg.data, split="test",
                                  n_past=cfg.n_past, n_future=cfg.eval_n_future,
@@ -306,7 +309,8 @@ def register(subparsers) -> None:
                    help="dataset root in the task's layout (default: embedded synthetic data)")
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="configuration preset, which also picks the task: lab, cpu, tiny "
-                        "(bair), dance-lab, dance-cpu, dance-tiny (default: cpu)")
+                        "(bair), dance-lab, dance-cpu, dance-tiny, smmnist-lab, smmnist-cpu, "
+                        "smmnist-tiny (default: cpu)")
     p.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out sequences that fail the data checks, listing them, instead of "

@@ -9,15 +9,8 @@ from typing import Any
 from ray import tune
 
 from cvae import checkpoint
-from cvae.config import from_dict, preset
+from cvae.config import config_from_trial
 from cvae.train import fit
-
-
-def config_from_trial(flat: dict[str, Any]):
-    """Typed Config from a trial's flat dict (an optional "preset" key supplies defaults)."""
-    values = dict(flat)
-    name = values.pop("preset", None)
-    return preset(name, **values) if name else from_dict(values)
 
 
 def train_cvae(config: dict[str, Any]) -> None:

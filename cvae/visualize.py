@@ -205,13 +205,17 @@ def _legend(ax: Axes, *axes: Axes, **placement) -> None:
         ax.legend(handles, [h.get_label() for h in handles], fontsize="small", **placement)
 
 
-def plot_curves(path: PathLike, history: Sequence[Mapping], title: Optional[str] = None) -> str:
+def plot_curves(path: PathLike, history: Sequence[Mapping], title: Optional[str] = None,
+                beta: Optional[tuple[Sequence[float], Sequence[float]]] = None) -> str:
     """Write the training figure of one run as a PNG: two panels over epochs sharing x.
 
     Top: validation PSNR (left axis) with the teacher-forcing ratio and the KL weight beta (right
     axis). Bottom: training loss, MSE and KL, on a log axis when they span more than two decades.
     `history` holds the per-epoch metric rows (epoch, loss, mse, kld, beta, tfr, val_psnr); missing
-    keys and None or non-finite values are skipped.
+    keys and None or non-finite values are skipped. `beta`: the schedule as (x, value) per
+    training step or epoch (cvae.schedules.beta_curve: step i of 0-based epoch e at e + i /
+    steps), drawn as steps over [0, epochs], so an epoch's values lie left of its row's x;
+    without it, the rows' beta (each epoch's mean).
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
@@ -223,11 +227,16 @@ def plot_curves(path: PathLike, history: Sequence[Mapping], title: Optional[str]
     twin = top.twinx()
     _plot_keys(twin, history, {"tfr": ("teacher forcing ratio", "tab:gray")}, linestyle="--")
     epochs, betas = _series(history, "beta")
+    style = {}
+    if beta is not None and len(beta[0]):  # each value holds until the next: a step curve
+        x = list(beta[0])
+        epochs = x + [x[-1] + (x[-1] - x[-2] if len(x) > 1 else 1.0)]  # ... to the run's end
+        betas, style = list(beta[1]) + [beta[1][-1]], {"drawstyle": "steps-post"}
     if betas:
         label, peak = "KL weight beta", max(betas)
         if peak > 1 or 0 < peak < 0.1:  # e.g. SVG's beta = 1e-4: draw the shape, state the scale
             betas, label = [b / peak for b in betas], f"{label} / {peak:g}"
-        twin.plot(epochs, betas, "--", color="tab:purple", label=label)
+        twin.plot(epochs, betas, "--", color="tab:purple", label=label, **style)
     twin.set_ylim(-0.05, 1.05)
     twin.set_ylabel("ratio / weight")
     _legend(top, top, twin, loc="lower left", bbox_to_anchor=(0, 1), ncols=3, frameon=False)

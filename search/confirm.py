@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "SSIM (SVG's protocol) against one sample, on its first 64 sequences "
                         "(default: 0, off)")
     p.add_argument("--data", metavar="DIR",
-                   help="dataset root in the BAIR layout (default: the sweep's)")
+                   help="dataset root in the task's layout (default: the sweep's)")
     p.add_argument("--max-concurrent", type=integer(minimum=1), metavar="N",
                    help="at most N runs at a time (default: the sweep's max_concurrent)")
     p.add_argument("--ci", choices=stats.METHODS, default="t",

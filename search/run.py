@@ -31,6 +31,7 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from cvae.arguments import integer, one_line_parser
+from cvae.config import PRESETS
 from search.space import Space, SpaceError, load_space
 from search.storage import UsageError, check_storage, storage_root
 
@@ -47,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=integer(minimum=1), metavar="N",
                    help="number of trials (overrides num_samples)")
     p.add_argument("--data", metavar="DIR",
-                   help="dataset root in the BAIR layout (overrides base.data; default: the "
-                        "space's, else built-in synthetic data)")
-    p.add_argument("--preset", metavar="NAME", help="config preset: lab, cpu or tiny "
-                                                    "(overrides base.preset)")
+                   help="dataset root in the task's layout: BAIR, the dance lab's, or MNIST in "
+                        "torchvision's (overrides base.data; default: the space's, else the "
+                        "embedded synthetic data)")
+    p.add_argument("--preset", metavar="NAME",
+                   help="config preset, which also picks the task: " + ", ".join(PRESETS)
+                        + " (overrides base.preset)")
     p.add_argument("--epochs", type=integer(minimum=1), metavar="N",
                    help="epochs per trial, ASHA's max_t (overrides base.epochs)")
     p.add_argument("--gpus-per-trial", metavar="X|auto",

@@ -136,6 +136,65 @@ def test_dance_smoke_sweep(tmp_path):
         scored = read(exp / "confirm-kl_anneal" / r["name"] / "test_metrics.json")
         assert (scored["n_past"], scored["n_future"]) == (1, 19)
 
+SMMNIST_SPACE = """\
+name: smmnist-smoke
+num_samples: 4
+base: {preset: smmnist-tiny, epochs: 3, tfr_lower_bound: 0.0}
+params:
+  lr: {type: loguniform, low: 1.0e-3, high: 5.0e-3}
+  tfr_start_decay_epoch: {type: int, low: 1, high: 3}
+  kl_anneal: {type: categorical, choices: [monotonic, cyclical, none]}
+  kl_anneal_cycle: {type: int, low: 1, high: 2, when: {kl_anneal: cyclical}}
+  beta_max: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
+  learned_prior: {type: categorical, choices: [false, true]}
+points_to_evaluate:
+  - {lr: 0.002, tfr_start_decay_epoch: 3, kl_anneal: monotonic, beta_max: 1.0e-4,
+     learned_prior: false}
+asha: {grace_period: 1, reduction_factor: 2, brackets: 1}
+resources: {cpu: 1, gpu: 0}
+confirm: {seeds: 2, levels: [monotonic, none], epochs: 2, best_of: 3}
+"""
+
+
+@pytest.mark.slow
+def test_smmnist_smoke_sweep(tmp_path):
+    """The main command's task (SM-MNIST, spaces/annealing.yaml) at smmnist-tiny through the
+    same launcher, trainable, confirmation (latent, best of N) and report (answers first)."""
+    from cvae.tasks.smmnist.data import write_digits
+
+    data = tmp_path / "digits"
+    write_digits(data, sizes={"train": 40, "validate": 20, "test": 20})
+    space = tmp_path / "smmnist-smoke.yaml"
+    space.write_text(SMMNIST_SPACE)
+    run = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", str(space), "--storage",
+         str(tmp_path / "runs"), "--data", str(data)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    exp = tmp_path / "runs" / "smmnist-smoke"
+    trials = read(exp / "trials.json")
+    assert len(trials) == 4 and all(t["status"] in FINISHED for t in trials.values())
+    for t in trials.values():
+        assert read(exp / t["dir"] / "params.json")["task"] == "smmnist"
+    summary = read(exp / "confirm-kl_anneal" / "confirm.json")
+    assert summary["finished"] and len(summary["runs"]) == 4
+    for r in summary["runs"]:
+        assert r["samples"] == 3 and all(math.isfinite(r[k]) for k in (
+            "test_psnr", "kl", "posterior_gain", "best_of_n_gain", "active_units")), r
+        scored = read(exp / "confirm-kl_anneal" / r["name"] / "test_metrics.json")
+        assert (scored["n_past"], scored["n_future"], scored["best_of_n_sequences"]) == (2, 4, 20)
+    assert set(summary["configs"][0]["paired_comparisons"]) >= {"kl", "best_of_n_gain"}
+    report = (exp / "report.md").read_text()
+    answers = report.split("## Answers")[1].split("\n## ")[0]
+    for param in ("lr", "tfr_start_decay_epoch", "kl_anneal", "kl_anneal_cycle", "beta_max",
+                  "learned_prior"):
+        assert f"`{param}`" in answers, param
+    assert "over 2 seeds" in answers and "single runs, not confirmed over seeds" in answers
+    metrics = read(exp / "media" / "monotonic" / "test_metrics.json")
+    assert metrics["task"] == "smmnist" and (metrics["n_past"], metrics["n_future"]) == (2, 4)
+    assert (exp / "media" / "monotonic" / "prediction.gif").stat().st_size > 0
+
+
 def tensorboard_events(trial_dir):
     """Every event of a trial's TensorBoard files (TFRecord framing: length, CRC, data, CRC)."""
     import struct

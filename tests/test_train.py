@@ -120,3 +120,23 @@ def test_train_cli_rejects_bad_overrides(synth_root, capsys):
 def test_reuse_freed_memory_is_accepted_by_glibc():
     """Both mallopt calls succeed (glibc returns 0 for a parameter or value it rejects)."""
     assert reuse_freed_memory() is True
+
+
+def test_the_logged_beta_is_what_the_epochs_steps_used(synth_root):
+    """A cyclical per-step schedule restarting mid-epoch (3 cycles over 2 epochs of 6 steps:
+    restarts at steps 4 and 8): each row logs the mean and the last beta its steps used, and
+    beta_curve gives the schedule per step, restarts included."""
+    from cvae.schedules import beta_curve, kl_beta
+
+    cfg = tiny(synth_root, epochs=2, epoch_size=6, kl_anneal="cyclical", kl_anneal_cycle=3,
+               kl_anneal_ratio=0.5, kl_anneal_unit="step", beta_max=1.0)
+    x, beta = beta_curve(cfg)
+    assert list(x) == [i / 6 for i in range(12)]
+    assert list(beta) == [0, .5, 1, 1, 0, .5, 1, 1, 0, .5, 1, 1]
+    assert list(beta) == [kl_beta(cfg, i // 6, i % 6) for i in range(12)]
+    rows = fit(cfg, lambda row, d: None)
+    assert [r["beta"] for r in rows] == [pytest.approx(0.5), pytest.approx(0.75)]
+    assert [r["beta_last"] for r in rows] == [0.5, 1.0]
+    epochs = tiny(synth_root, epochs=3, kl_anneal="monotonic", kl_anneal_ratio=0.5)
+    x, beta = beta_curve(epochs)  # per epoch: Fu's ramp over 1.5 of 3 epochs
+    assert list(x) == [0, 1, 2] and list(beta) == pytest.approx([0, 1e-3 / 1.5, 1e-3])

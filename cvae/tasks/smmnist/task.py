@@ -5,7 +5,7 @@ Training: batches of `batch_size` new sequences of n_past + n_future frames, dra
 from the training digits with the trainer's generator (SVG draws them on the fly too);
 teacher forcing per sequence, as BAIR. Protocol (SVG's): n_past frames given, the next
 eval_n_future predicted, z from the prior; PSNR/SSIM per frame against the copy-last-frame
-baseline; `--samples N` scores the best of N samples by SSIM. Validation and test: 256 fixed
+baseline; `--samples N` scores the best of N samples by SSIM. Validation and test: 128 fixed
 sequences each, made of digits the training never sees.
 """
 from __future__ import annotations
