@@ -259,10 +259,14 @@ def _confirmation(c: Confirmation, out: Path) -> list[tuple]:
     s = c.summary
     state = "finished" if s["finished"] else "**not finished** (some runs are missing)"
     blocks: list[tuple] = [
-        ("h", 2, f"Confirmation over seeds: {s['factor']}"),
+        ("h", 2, f"Confirmation over seeds: {s['factor']}"
+         + "".join(f", {k}={fmt(v)}" for k, v in (s.get("fixed") or {}).items())),
         ("p", f"The sweep's best configuration{'s' if len(s['configs']) > 1 else ''} re-run for "
               f"each level of `{s['factor']}` ({', '.join(s['labels'])}), only that factor "
-              f"changed, with seeds {', '.join(map(str, s['seeds']))}, {s['epochs']} epochs each "
+              f"changed"
+              + "".join(f", `{k}`={fmt(v)}" for k, v in (s.get("fixed") or {}).items())
+              + (" set in every run" if s.get("fixed") else "")
+              + f", with seeds {', '.join(map(str, s['seeds']))}, {s['epochs']} epochs each "
               f"and no early stopping (search.confirm, `{c.stem}/`); {state}. Unlike the sweep's "
               "tables, these compare means over seeds."),
     ]

@@ -274,7 +274,7 @@ def evaluate_checkpoint(path, data: Optional[str] = None, split: str = "test",
     return result
 
 
-def score_checkpoint(path, device: str = "cpu", samples: int = 1, sample_sequences: int = 64,
+def score_checkpoint(path, device: str = "cpu", samples: int = 1, sample_sequences: int = 32,
                      latent_sequences: int = 64) -> dict:
     """What a confirmation keeps of a run, with the model and its data loaded once: the test
     split with z from the prior (the protocol) and from the posterior (what z carries); with

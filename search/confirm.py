@@ -68,8 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs per run (default: the sweep's)")
     p.add_argument("--best-of", type=integer(minimum=0), default=0, metavar="N",
                    help="also score each run's best of N prior samples per test sequence by "
-                        "SSIM (SVG's protocol) against one sample, on its first 64 sequences "
+                        "SSIM (SVG's protocol) against one sample, on its first 32 sequences "
                         "(default: 0, off)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="fixed",
+                   help="config values set in every run, e.g. beta_max=1e-5: the best "
+                        "configuration confirmed at another KL weight (its own directory, "
+                        "confirm-<factor>-<key>=<value>)")
     p.add_argument("--data", metavar="DIR",
                    help="dataset root in the task's layout (default: the sweep's)")
     p.add_argument("--max-concurrent", type=integer(minimum=1), metavar="N",
@@ -92,9 +96,15 @@ def main(argv: Optional[Sequence[str]] = None,
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        fixed = {}
+        for item in args.fixed:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfirmError(f"--set {item}: expected KEY=VALUE")
+            fixed[key.strip()] = value
         plan = make_plan(args.experiment, factor=args.factor, levels=args.levels,
                          top_k=args.top_k, seeds=args.seeds, epochs=args.epochs, data=args.data,
-                         best_of=args.best_of)
+                         best_of=args.best_of, fixed=fixed)
     except ConfirmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

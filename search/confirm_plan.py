@@ -52,10 +52,13 @@ class Plan:
     runs: list[Run] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # one-line warnings
     best_of: int = 0  # > 1: also score SVG's best of this many prior samples per sequence
+    fixed: dict[str, Any] = field(default_factory=dict)  # config values set in every run
 
     @property
     def directory(self) -> Path:
-        return self.experiment / f"confirm-{self.factor}"
+        """confirm-<factor>, and -<key>=<value> for each fixed value (its own experiment)."""
+        return self.experiment / _slug("-".join([f"confirm-{self.factor}",
+                                                 *(f"{k}={v}" for k, v in self.fixed.items())]))
 
     def run_dir(self, run: Run) -> Path:
         return self.directory / run.name
@@ -64,8 +67,11 @@ class Plan:
 def make_plan(exp_dir: Path | str, factor: str = DEFAULT_FACTOR,
               levels: Optional[Sequence[Any]] = None, top_k: int = 1,
               seeds: int = DEFAULT_SEEDS, epochs: Optional[int] = None,
-              data: Optional[str] = None, best_of: int = 0) -> Plan:
-    """The runs of a confirmation of the sweep in `exp_dir` (raises ConfirmError)."""
+              data: Optional[str] = None, best_of: int = 0,
+              fixed: Optional[dict[str, Any]] = None) -> Plan:
+    """The runs of a confirmation of the sweep in `exp_dir` (raises ConfirmError); `fixed`
+    config values replace the sweep's in every run (the best configuration at another KL
+    weight, say), in a directory of their own."""
     try:
         exp = load_experiment(exp_dir)
     except ExperimentError as e:
@@ -78,6 +84,7 @@ def make_plan(exp_dir: Path | str, factor: str = DEFAULT_FACTOR,
     for flag, value in (("--top-k", top_k), ("--seeds", seeds), ("--epochs", epochs)):
         if value is not None and value < 1:
             raise ConfirmError(f"{flag} {value}: expected an integer >= 1")
+    fixed = _fixed(factor, fixed or {})
     levels = _levels(exp, factor, levels)
     ranked = _ranked(exp)
     if ranked.empty:
@@ -85,7 +92,8 @@ def make_plan(exp_dir: Path | str, factor: str = DEFAULT_FACTOR,
     epochs = epochs or exp.epochs
     if best_of < 0:
         raise ConfirmError(f"--best-of {best_of}: expected an integer >= 0")
-    plan = Plan(exp.path, exp.sweep, factor, levels, [], epochs, [], best_of=best_of)
+    plan = Plan(exp.path, exp.sweep, factor, levels, [], epochs, [], best_of=best_of,
+                fixed=fixed)
     conditional = [p for p, spec in (exp.sweep.get("searched") or {}).items()
                    if factor in ((spec or {}).get("when") or {})]
     for rank, (tid, trial) in enumerate(ranked.head(top_k).iterrows(), start=1):
@@ -100,7 +108,7 @@ def make_plan(exp_dir: Path | str, factor: str = DEFAULT_FACTOR,
         plan.notes += _inactive_factor(exp, factor, params, rank)
         for level in levels:
             config, source = _level_config(exp, ranked, params, factor, level, conditional)
-            config.update(epochs=epochs, **({"data": data} if data else {}))
+            config.update(epochs=epochs, **fixed, **({"data": data} if data else {}))
             entry["levels"][label(level)] = {
                 "from_trial": source, "params": {p: config.get(p) for p in conditional}}
             for seed in plan.seeds:
@@ -194,6 +202,20 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(float(a), float(b), rel_tol=1e-12)
     return a == b
+
+
+def _fixed(factor: str, values: dict[str, Any]) -> dict[str, Any]:
+    """`--set` values as the fields' types; neither the factor nor what confirm sets itself."""
+    out = {}
+    for key, value in values.items():
+        if key not in field_names() or key in NOT_FACTORS or key == factor:
+            raise ConfirmError(f"--set {key}={value}: expected a config key other than the "
+                               f"factor ({factor}), seed and the resources")
+        try:
+            out[key] = coerce(key, value)
+        except ValueError as e:
+            raise ConfirmError(f"--set {key}={value}: {e}") from None
+    return out
 
 
 def _slug(text: str) -> str:

@@ -120,7 +120,8 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
     return {
         "experiment": str(plan.experiment), "factor": plan.factor,
         "levels": plan.levels, "labels": [label(v) for v in plan.levels],
-        "seeds": plan.seeds, "epochs": plan.epochs, "confidence": stats.CONFIDENCE,
+        "seeds": plan.seeds, "epochs": plan.epochs, "fixed": plan.fixed,
+        "confidence": stats.CONFIDENCE,
         "alpha": stats.ALPHA, "ci_method": ci_method, "finished": finished,
         "wall_time_s": wall_time_s, "notes": plan.notes, "metrics": METRICS,
         "configs": groups, "runs": runs,

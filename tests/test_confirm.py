@@ -21,6 +21,7 @@ from test_analysis import make_experiment
 from analysis import stats
 from analysis.report import build_report
 from search.confirm import final_checkpoint, main, make_plan, run_state, summarize
+from search.confirm_plan import ConfirmError
 from search.space import SpaceError, load_space, to_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,22 @@ def test_plan_changes_only_the_factor_and_takes_conditional_params_per_level(tmp
     levels = plan.configs[1]["levels"]
     assert levels["cyclical"]["from_trial"] == "aaaa2_00002"
     assert levels["cyclical-sigmoid"]["from_trial"] is None
+
+
+def test_fixed_values_set_every_run_in_a_directory_of_their_own(tmp_path):
+    """--set beta_max=1e-5: the best configuration confirmed at another KL weight."""
+    exp = make_experiment(tmp_path)
+    plan = make_plan(exp, seeds=2, fixed={"beta_max": "1e-5"})
+    assert plan.fixed == {"beta_max": 1e-5}
+    assert {r.config["beta_max"] for r in plan.runs} == {1e-5}
+    assert plan.directory.name == "confirm-kl_anneal-beta_max_1e-05"
+    assert make_plan(exp, seeds=2).directory.name == "confirm-kl_anneal"
+    for fixed, message in (({"kl_anneal": "none"}, "--set kl_anneal=none: expected a config key"),
+                           ({"seed": 3}, "--set seed=3: expected"),
+                           ({"beta_max": "x"}, "--set beta_max=x: beta_max='x': expected float")):
+        with pytest.raises(ConfirmError) as err:
+            make_plan(exp, seeds=2, fixed=fixed)
+        assert str(err.value).startswith(message), str(err.value)
 
 
 def test_diverged_trials_are_not_confirmed_and_any_key_can_be_the_factor(tmp_path):

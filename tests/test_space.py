@@ -261,10 +261,18 @@ def test_shipped_spaces_load(path: Path) -> None:
 
 
 def test_shipped_spaces_cover_the_mission() -> None:
-    assert {p.stem for p in SHIPPED} >= {"annealing", "smoke", "lab"}
-    annealing = load_space(SPACES / "annealing.yaml")
-    assert annealing.base["preset"] == "cpu" and annealing.base.get("data") is None
-    assert {"monotonic", "cyclical"} <= set(annealing.params[2].choices or [])
+    assert {p.stem for p in SHIPPED} >= {"annealing", "bair", "smoke", "lab"}
+    annealing = load_space(SPACES / "annealing.yaml")  # the question where z carries the future
+    assert annealing.base["preset"] == "smmnist-cpu" and annealing.base.get("data") is None
+    searched = {p.name: p for p in annealing.params}
+    assert {"lr", "tfr_start_decay_epoch", "kl_anneal", "kl_anneal_cycle",
+            "beta_max"} <= set(searched)
+    assert {"monotonic", "cyclical", "none"} <= set(searched["kl_anneal"].choices or [])
+    assert annealing.confirm["factor"] == "kl_anneal" and annealing.confirm["seeds"] >= 3
+    assert annealing.confirm["best_of"] > 1
+    bair = load_space(SPACES / "bair.yaml")  # what annealing.yaml ran before
+    assert bair.base["preset"] == "cpu" and bair.confirm["levels"] == ["monotonic", "cyclical",
+                                                                       "none"]
     assert load_space(SPACES / "smoke.yaml").base["preset"] == "tiny"
     assert load_space(SPACES / "lab.yaml").resources == {"cpu": 4.0, "gpu": 0.25}
 

@@ -146,10 +146,8 @@ params:
   kl_anneal: {type: categorical, choices: [monotonic, cyclical, none]}
   kl_anneal_cycle: {type: int, low: 1, high: 2, when: {kl_anneal: cyclical}}
   beta_max: {type: loguniform, low: 1.0e-5, high: 1.0e-3}
-  learned_prior: {type: categorical, choices: [false, true]}
 points_to_evaluate:
-  - {lr: 0.002, tfr_start_decay_epoch: 3, kl_anneal: monotonic, beta_max: 1.0e-4,
-     learned_prior: false}
+  - {lr: 0.002, tfr_start_decay_epoch: 3, kl_anneal: monotonic, beta_max: 1.0e-4}
 asha: {grace_period: 1, reduction_factor: 2, brackets: 1}
 resources: {cpu: 1, gpu: 0}
 confirm: {seeds: 2, levels: [monotonic, none], epochs: 2, best_of: 3}
@@ -186,8 +184,7 @@ def test_smmnist_smoke_sweep(tmp_path):
     assert set(summary["configs"][0]["paired_comparisons"]) >= {"kl", "best_of_n_gain"}
     report = (exp / "report.md").read_text()
     answers = report.split("## Answers")[1].split("\n## ")[0]
-    for param in ("lr", "tfr_start_decay_epoch", "kl_anneal", "kl_anneal_cycle", "beta_max",
-                  "learned_prior"):
+    for param in ("lr", "tfr_start_decay_epoch", "kl_anneal", "kl_anneal_cycle", "beta_max"):
         assert f"`{param}`" in answers, param
     assert "over 2 seeds" in answers and "single runs, not confirmed over seeds" in answers
     metrics = read(exp / "media" / "monotonic" / "test_metrics.json")
