@@ -189,4 +189,7 @@ def test_check_data_and_synth_commands(tmp_path, digits_root):
     assert "train: 60 digits" in out.stdout and "copy last frame 2 -> 10 PSNR" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "cvae", "check-data", "--task", "smmnist",
                           str(tmp_path)], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and "no MNIST" in bad.stdout
+    assert bad.returncode == 1 and bad.stdout.count("no MNIST") == 1
+    gone = subprocess.run([sys.executable, "-m", "cvae", "check-data", "--task", "smmnist",
+                           str(tmp_path / "nowhere")], capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 1 and "nowhere: data folder not found" in gone.stdout

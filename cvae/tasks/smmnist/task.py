@@ -132,11 +132,15 @@ def check(root: Path) -> dict:
     from cvae.metrics import psnr
 
     report: dict = {"root": str(root), "splits": {}, "problems": []}
+    if not Path(root).is_dir():
+        report["problems"].append(f"{root}: data folder not found")
+        return report
     for split in SPLITS:
         try:
             digits = load_digits(root, split)
         except DataError as e:
-            report["problems"].append(str(e))
+            if str(e) not in report["problems"]:  # a missing MNIST is one problem, not three
+                report["problems"].append(str(e))
             continue
         seqs = Digits(digits, 2, split, n_sequences=64, seq_len=12)
         x, _ = seqs.batch(np.arange(64), np.zeros(64, int))
