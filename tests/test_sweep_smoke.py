@@ -180,7 +180,7 @@ def test_smmnist_smoke_sweep(tmp_path):
         assert r["samples"] == 3 and all(math.isfinite(r[k]) for k in (
             "test_psnr", "kl", "posterior_gain", "best_of_n_gain", "active_units")), r
         scored = read(exp / "confirm-kl_anneal" / r["name"] / "test_metrics.json")
-        assert (scored["n_past"], scored["n_future"], scored["best_of_n_sequences"]) == (2, 4, 20)
+        assert (scored["n_past"], scored["n_future"], scored["best_of_n_sequences"]) == (2, 4, 32)
     assert set(summary["configs"][0]["paired_comparisons"]) >= {"kl", "best_of_n_gain"}
     report = (exp / "report.md").read_text()
     answers = report.split("## Answers")[1].split("\n## ")[0]

@@ -31,7 +31,9 @@ protocol; config, schedules, metrics, checkpoints, the training loop (cvae.train
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from types import ModuleType
+from typing import Callable, Optional
 
 from cvae.config import TASKS, Config
 
@@ -52,3 +54,16 @@ def prepare_data(cfg: Config, quiet: bool = False) -> str:
     `cfg.data` is None, the training and validation splits decoded into the cache (so that
     concurrent trials find them ready). Returns the dataset root. Raises DataError."""
     return get(cfg.task).prepare(cfg, quiet=quiet)
+
+
+def data_root(data: Optional[str], embedded: Callable[[], Path]) -> Path:
+    """A task's dataset root: the given folder (DataError when it is not one), or with None
+    the embedded synthetic data (`embedded()`, generated once into the cache)."""
+    if data is None:
+        return embedded()
+    from cvae.data import DataError
+
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found")
+    return root

@@ -35,13 +35,10 @@ SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}  # 
 def resolve_root(data: Optional[str]) -> Path:
     """The dataset root: the given folder, or the embedded synthetic dance data (generated
     once into the cache)."""
-    if data is None:
-        from cvae.tasks.dance.synth import ensure_synthetic_dance
-        return ensure_synthetic_dance()
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found")
-    return root
+    from cvae.tasks import data_root
+    from cvae.tasks.dance.synth import ensure_synthetic_dance
+
+    return data_root(data, ensure_synthetic_dance)
 
 
 def prepare(cfg: Config, quiet: bool = False) -> str:

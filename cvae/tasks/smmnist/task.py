@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import torch
 
 from cvae.config import Config
 from cvae.data import DataError
 from cvae.model import SVG
-from cvae.tasks.bair import step  # noqa: F401  (the same SVG training step)
+from cvae.tasks import bair, data_root
 from cvae.tasks.smmnist.data import (EVAL_FRAMES, EVAL_SEQUENCES, SPLITS, Digits,
                                      ensure_digits, load_digits)
 
@@ -30,12 +29,7 @@ from cvae.tasks.smmnist.data import (EVAL_FRAMES, EVAL_SEQUENCES, SPLITS, Digits
 def resolve_root(data: Optional[str]) -> Path:
     """The digits' root: an MNIST folder in torchvision's layout, or the rendered digits
     (generated once into the cache)."""
-    if data is None:
-        return ensure_digits()
-    root = Path(data).expanduser()
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found")
-    return root
+    return data_root(data, ensure_digits)
 
 
 def prepare(cfg: Config, quiet: bool = False) -> str:
@@ -49,6 +43,9 @@ def prepare(cfg: Config, quiet: bool = False) -> str:
 
 def build_model(cfg: Config) -> SVG:
     return SVG(cfg, channels=1, cond_dim=0)
+
+
+step = bair.step  # the same SVG training step
 
 
 def sequences(root: Path, split: str, cfg: Config, seq_len: int = EVAL_FRAMES) -> Digits:
@@ -79,14 +76,9 @@ class TrainingData:
         x = self.train_set.sample(rng, cfg.batch_size, cfg.n_past + cfg.n_future)
         return x, x.new_zeros(len(x), x.shape[1], 0), np.zeros(0, np.int64)
 
-    def teacher_forcing(self, rng: np.random.Generator, tfr: float) -> torch.Tensor:
-        """One coin per sequence."""
-        return torch.from_numpy(rng.random(self.cfg.batch_size) < tfr)
-
-    def validation_protocol(self) -> dict:
-        cfg = self.cfg
-        return dict(n_past=cfg.n_past, n_future=cfg.eval_n_future,
-                    max_sequences=cfg.val_sequences)
+    # as BAIR's: one teacher-forcing coin per sequence; validation n_past -> eval_n_future
+    teacher_forcing = bair.TrainingData.teacher_forcing
+    validation_protocol = bair.TrainingData.validation_protocol
 
 
 def load_stats(state: dict) -> None:
