@@ -25,13 +25,23 @@ SINGLE = "single runs, not confirmed over seeds"
 
 
 def answers(exp: Experiment, confirmations: list[tuple[str, dict]]) -> list[str]:
-    """One line per searched parameter, and per confirmed factor that was not searched."""
-    confirmed: dict[str, tuple[str, dict]] = {}
+    """One line per searched parameter, and per confirmed factor that was not searched; a
+    factor confirmed again with other values fixed (search.confirm --set) gets a line for each
+    confirmation, the fixed values named."""
+    confirmed: dict[str, list[tuple[str, dict]]] = {}
     for stem, summary in confirmations:
-        confirmed.setdefault(summary["factor"], (stem, summary))
+        confirmed.setdefault(summary["factor"], []).append((stem, summary))
     params = [*exp.searched, *(f for f in confirmed if f not in exp.searched)]
-    return [confirmed_answer(p, *confirmed[p]) if p in confirmed else single_run_answer(exp, p)
-            for p in params]
+    lines = []
+    for p in params:
+        if p not in confirmed:
+            lines.append(single_run_answer(exp, p))
+            continue
+        for stem, summary in confirmed[p]:
+            fixed = ", ".join(f"{k}={fmt(v)}" for k, v in (summary.get("fixed") or {}).items())
+            line = confirmed_answer(p, stem, summary)
+            lines.append(line.replace(f"`{p}`:", f"`{p}` (at {fixed}):", 1) if fixed else line)
+    return lines
 
 
 def confirmed_answer(param: str, stem: str, summary: dict) -> str:

@@ -67,3 +67,26 @@ def test_single_runs_and_an_unconfirmed_gap_say_so(tmp_path):
     assert "**monotonic** (mean test PSNR 20.10 dB over 3 seeds)" in factor
     assert "not confirmed over 3 seeds (the gap is within seed noise)" in factor
     assert "KL" not in text.split("## Confirmation over seeds")[1].split("### ")[0]
+
+
+def test_a_factor_confirmed_again_at_another_value_gets_its_own_line(tmp_path):
+    """search.confirm --set beta_max=1e-5 beside the sweep's own confirmation."""
+    import json
+
+    from test_confirm import _write_runs
+
+    from search.confirm import make_plan, summarize
+
+    exp = make_experiment(tmp_path)
+    write_confirmation(exp, val_kl=KL, active_units=UNITS)
+    plan = make_plan(exp, levels=["monotonic", "cyclical"], seeds=3, epochs=3,
+                     fixed={"beta_max": "1e-5"})
+    _write_runs(plan)
+    (plan.directory / "confirm.json").write_text(json.dumps(summarize(plan)))
+    text = build_report(exp, quiet=True, evaluate=False).read_text()
+    lines = [line for line in _answers(text) if line.startswith("- `kl_anneal`")]
+    assert len(lines) == 2 and "(at" not in lines[0]
+    assert lines[1].startswith("- `kl_anneal` (at beta_max=1e-05): **")
+    assert "`confirm-kl_anneal-beta_max_1e-05/confirm.json`" in lines[1]
+    assert "## Confirmation over seeds: kl_anneal, beta_max=1e-05" in text
+    assert "`beta_max`=1e-05 set in every run" in text
