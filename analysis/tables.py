@@ -279,20 +279,16 @@ def confirm_tables(summary: dict, stem: str) -> list[Table]:
                           for c in comparisons]
     seeds = ", ".join(map(str, summary["seeds"]))
     method = "t-based" if summary.get("ci_method", "t") == "t" else "bootstrap (BCa)"
-    latent = [{factor: lv, "n": v["n"], "KL per step (nats)": v["kl"],
-               "active units": v["active_units"],
-               "posterior - prior test PSNR (dB)": v["posterior_gain_db"],
+    latent = [{factor: lv, "n": v["n"],
                "KL per dimension": " ".join(f"{x:.3g}" for x in v["kl_per_dim"])}
               for lv, v in (summary.get("latent") or {}).items()]
-    extra = [Table(f"{stem}_latent", f"{factor}: what each level did to the latent",
+    extra = [Table(f"{stem}_latent", f"{factor}: KL per latent dimension of each level",
                    pd.DataFrame(latent),
-                   f"{stem}/confirm.json `latent`: means over the runs of each level; KL of the "
-                   "posterior from the prior per predicted step and per dimension on the "
-                   "validation split (evaluate --split validate, first 64 sequences), active "
-                   "units (Burda et al. 2016: posterior-mean variance over inputs > 0.01), test "
-                   "PSNR with z from the posterior on the true frames minus with z from the "
-                   "prior (evaluate --z posterior). Preventing posterior collapse is what KL "
-                   "annealing is for: a KL near 0 and no active unit mean a collapsed latent.")
+                   f"{stem}/confirm.json `latent`: the mean over the runs of each level of the "
+                   "KL of the posterior from the prior per dimension, per predicted step, on the "
+                   "validation split (first 64 sequences); KL per step, active units and the "
+                   f"gains are in {stem}_metrics. A KL near 0 in every dimension is a collapsed "
+                   "latent, which KL annealing is meant to prevent.")
              ] if latent else []
     if others:
         frame = pd.DataFrame(others)

@@ -344,7 +344,8 @@ class SVG(nn.Module):
         mse = err.mean(dim=(1, 2, 3, 4)).sum()  # sum over steps of per-step mean
         return StepOutput(mse, kld, t - 1)
 
-    def rollout(self, x: torch.Tensor, cond: Optional[torch.Tensor], tf: torch.Tensor) -> StepOutput:
+    def rollout(self, x: torch.Tensor, cond: Optional[torch.Tensor], tf: torch.Tensor
+                ) -> StepOutput:
         """Step-by-step training pass; sequences with tf False get their own predictions as
         input after the context. Ground-truth frames are encoded in one batched call and the
         context frames' skip terms in another."""

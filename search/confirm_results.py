@@ -130,27 +130,20 @@ def summarize(plan: Plan, ci_method: str = "t", wall_time_s: Optional[float] = N
 
 
 def latent_statistics(runs: list[dict]) -> dict:
-    """Per level, what the schedule did to the latent (means over its finished runs): KL of the
-    posterior from the prior per latent dimension on the validation split, active units
-    (Burda et al. 2016: posterior-mean variance over inputs > 0.01), and test PSNR with z from
-    the posterior minus with z from the prior (what z carries that the prior does not give)."""
-    out = {}
+    """Per level, the KL of the posterior from the prior per latent dimension on the validation
+    split, averaged over its scored runs: the one latent number that is a vector (the scalar
+    ones, KL per step, active units and the gains, are per-level `statistics`)."""
+    out: dict[str, list] = {}
     for r in runs:
-        if r.get("val_kl_per_dim") is None:
-            continue
-        out.setdefault(r["label"], []).append(r)
-    return {lv: {"n": len(rs),
-                 "kl": float(np.mean([r["val_kl"] for r in rs])),
-                 "kl_per_dim": np.mean([r["val_kl_per_dim"] for r in rs], 0).tolist(),
-                 "active_units": float(np.mean([r["active_units"] for r in rs])),
-                 "posterior_gain_db": float(np.mean([r["posterior_psnr"] - r["test_psnr"]
-                                                     for r in rs]))}
-            for lv, rs in out.items()}
+        if r.get("val_kl_per_dim") is not None:
+            out.setdefault(r["label"], []).append(r["val_kl_per_dim"])
+    return {lv: {"n": len(rows), "kl_per_dim": np.mean(rows, 0).tolist()}
+            for lv, rows in out.items()}
 
 
-def _gain(psnr: Optional[float], test_psnr: Optional[float]) -> Optional[float]:
-    """A PSNR minus the run's test PSNR (dB); None when either is missing."""
-    return None if psnr is None or test_psnr is None else psnr - test_psnr
+def _gain(psnr: Optional[float], reference: Optional[float]) -> Optional[float]:
+    """psnr - reference (dB); None when either is missing."""
+    return None if psnr is None or reference is None else psnr - reference
 
 
 def describe(summary: dict) -> list[str]:

@@ -329,9 +329,8 @@ def test_latent_statistics_average_each_levels_runs():
         {"label": "none", "val_kl_per_dim": None},  # not evaluated: left out
     ]
     out = latent_statistics(runs)
-    assert out["monotonic"] == {"n": 2, "kl": 2.0, "kl_per_dim": [1.5, 0.5], "active_units": 1.5,
-                                "posterior_gain_db": 0.5}
-    assert out["none"]["n"] == 1 and out["none"]["posterior_gain_db"] == 0.0
+    assert out == {"monotonic": {"n": 2, "kl_per_dim": [1.5, 0.5]},
+                   "none": {"n": 1, "kl_per_dim": [0.0, 0.0]}}
 
 
 def test_a_run_is_scored_once_the_checkpoint_its_last_result_names_is_on_disk(tmp_path,

@@ -136,6 +136,7 @@ def test_dance_smoke_sweep(tmp_path):
         scored = read(exp / "confirm-kl_anneal" / r["name"] / "test_metrics.json")
         assert (scored["n_past"], scored["n_future"]) == (1, 19)
 
+
 SMMNIST_SPACE = """\
 name: smmnist-smoke
 num_samples: 4
